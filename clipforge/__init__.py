@@ -1,0 +1,14 @@
+"""clipforge: CLIP's data recipe, runnable end to end.
+
+The repository keeps one folder per stage; installed, each is a sub-package:
+
+- ``clipforge.schemas``  (``schemas/``)  record shapes that cross stage boundaries, validators
+- ``clipforge.queries``  (``queries/``)  the query list from Wikipedia, pageviews and WordNet
+- ``clipforge.pipeline`` (``pipeline/``) crawl (web archives -> pairs) and shard (pairs -> tars)
+- ``clipforge.trainer``  (``trainer/``)  CLIP model, contrastive training, zero-shot eval
+- ``clipforge.demo``     (``demo/``)     the offline demo web: generator and loopback server
+
+This package itself holds only the command line (``clipforge.cli``).
+"""
+
+__version__ = "0.1.0"

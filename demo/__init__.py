@@ -1,0 +1,11 @@
+"""The demo web: an offline, deterministic world to run every stage against.
+
+- ``world``    the generator (``generate(WorldConfig(...))``): pages, images, WARC/WAT,
+               URL list, a MediaWiki dump, pageviews, a WordNet lexicon, held-out sets
+- ``server``   a loopback HTTP server for a generated world (``DemoServer``)
+- ``concepts`` the visual concepts and how they are drawn
+- ``captions`` alt-text phrasing: English, other languages, junk
+- ``messy``    the failures real crawls meet (404s, endless bodies, bombs, loops, ...)
+- ``corpora``  the wiki dump, pageviews and lexicon
+- ``archives`` WARC and WAT writing
+"""

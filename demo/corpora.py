@@ -1,0 +1,171 @@
+"""The demo world's text sources for the queries stage.
+
+- a MediaWiki XML dump (``.xml.bz2``) of articles about the concepts, with the markup real
+  dumps carry (templates, links, files, tables, references, categories), redirects and
+  pages outside the article namespace;
+- Wikimedia hourly pageview files (``domain title views bytes``, gzip);
+- a lexicon in Open English WordNet's YAML source format.
+
+All output is a pure function of the ``random.Random`` passed in.
+"""
+
+import bz2
+import gzip
+import io
+from xml.sax.saxutils import escape
+
+import yaml
+
+from clipforge.demo.concepts import COLOURS, SHAPES, TEXTURES, plural
+
+_FILLER = (
+    "In geometry and design the {w} appears in many forms.",
+    "Artists and children often draw a {w} when they learn to paint.",
+    "A {w} can be found on flags, signs and packaging around the world.",
+    "Historians trace the use of the {w} back to early pottery.",
+    "Many logos use a {w} because it is easy to recognise.",
+    "The {w} is one of the first things a child learns to name.",
+    "Modern printers reproduce a {w} with great accuracy.",
+    "Designers pick a {w} to draw the eye of the reader.",
+)
+
+_MARKUP = (
+    "A '''{w}''' is described in the [[{W}|{w}]] article.{ref}",
+    "The {w} is often shown in [[{c} (color)|{c}]] on a [[poster]].",
+    "{{{{Infobox {w}|name={W}|image={W}.svg}}}}The {w} is a common symbol.",
+    "[[File:{c} {w}.svg|thumb|A {c} {w}]] A {c} {w} is shown here.",
+    "Studies of the {w} and the colour {c} have been published.<ref>{{{{cite book |title={W} and {c} |year=1999}}}}</ref>",
+    "The ''{w}'' pattern, also called a [[polka dot]] design when dotted, is popular.",
+)
+
+_TABLE = """{{| class="wikitable"
+! Shape !! Colour !! Count
+|-
+| {W} || {c} || {n}
+|-
+| {W2} || {c2} || {n2}
+|}}"""
+
+_BIGRAMS = ("polka dot", "crescent moon", "traffic light", "stop sign", "hot pink", "navy blue")
+
+
+def _sentence(rng, word):
+    c = rng.choice(list(COLOURS))
+    if rng.random() < 0.3:
+        t = rng.choice(_MARKUP)
+        ref = "<ref>{{cite web |url=http://127.0.0.1/ref |title=%s}}</ref>" % word.title() if rng.random() < 0.3 else ""
+        return t.format(w=word, W=word.capitalize(), c=c, ref=ref)
+    if rng.random() < 0.25:
+        b = rng.choice(_BIGRAMS)
+        return f"A {word} next to a {b} is a {c} {word} in many pictures."
+    return rng.choice(_FILLER).format(w=word) + f" Some {plural(word) if word in SHAPES else word} are {c}."
+
+
+def _article(rng, title, topic, sentences):
+    parts = [f"{{{{Short description|{title} as a visual concept}}}}"]
+    parts.append(" ".join(_sentence(rng, topic) for _ in range(max(1, sentences // 3))))
+    parts.append("== History ==")
+    parts.append(" ".join(_sentence(rng, rng.choice((topic,) + SHAPES)) for _ in range(max(1, sentences // 3))))
+    parts.append(_TABLE.format(W=topic.capitalize(), c=rng.choice(list(COLOURS)), n=rng.randint(1, 9),
+                               W2=rng.choice(SHAPES).capitalize(), c2=rng.choice(list(COLOURS)), n2=rng.randint(1, 9)))
+    parts.append("== In art ==")
+    parts.append(" ".join(_sentence(rng, rng.choice((topic,) + tuple(COLOURS))) for _ in range(max(1, sentences // 3))))
+    parts.append("== References ==\n{{Reflist}}")
+    parts.append(f"[[Category:Visual concepts]]\n[[Category:{topic.capitalize()}]]")
+    return "\n\n".join(parts)
+
+
+def _page(title, ns, page_id, text, redirect=None):
+    red = f'\n    <redirect title="{escape(redirect)}" />' if redirect else ""
+    return (
+        f"  <page>\n    <title>{escape(title)}</title>\n    <ns>{ns}</ns>\n    <id>{page_id}</id>{red}\n"
+        f"    <revision>\n      <id>{page_id * 10}</id>\n      <timestamp>2026-01-01T00:00:00Z</timestamp>\n"
+        f"      <contributor>\n        <username>Demo</username>\n        <id>1</id>\n      </contributor>\n"
+        f"      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
+        f'      <text bytes="{len(text.encode())}" xml:space="preserve">{escape(text)}</text>\n'
+        f"    </revision>\n  </page>\n"
+    )
+
+
+_HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
+  <siteinfo>
+    <sitename>Demo Wikipedia</sitename>
+    <dbname>demowiki</dbname>
+    <generator>clipforge demo</generator>
+    <case>first-letter</case>
+    <namespaces>
+      <namespace key="0" case="first-letter" />
+      <namespace key="1" case="first-letter">Talk</namespace>
+      <namespace key="6" case="first-letter">File</namespace>
+      <namespace key="10" case="first-letter">Template</namespace>
+      <namespace key="14" case="first-letter">Category</namespace>
+    </namespaces>
+  </siteinfo>
+"""
+
+
+def article_titles():
+    """Titles of the demo wiki's articles (namespace 0, not redirects)."""
+    topics = list(SHAPES) + list(COLOURS) + [t for t in TEXTURES if t != "plain"]
+    return [t.capitalize() for t in topics] + ["Polka dot", "Crescent moon", "Traffic light", "Clip art"]
+
+
+def wiki_dump(rng, sentences_per_article):
+    """The dump as bytes (bz2-compressed MediaWiki XML) and the number of articles in it."""
+    out = io.StringIO()
+    out.write(_HEADER)
+    page_id = 10
+    titles = article_titles()
+    for title in titles:
+        page_id += 1
+        topic = title.lower().split()[-1] if title.lower() not in SHAPES + tuple(COLOURS) else title.lower()
+        out.write(_page(title, 0, page_id, _article(rng, title, topic, sentences_per_article)))
+        if rng.random() < 0.3:
+            page_id += 1
+            out.write(_page(plural(title), 0, page_id, f"#REDIRECT [[{title}]]\n\n{{{{R from plural}}}}", title))
+        if rng.random() < 0.4:
+            page_id += 1
+            out.write(_page(f"Talk:{title}", 1, page_id, f"== Merge? ==\nShould {title} merge with Shape? ~~~~"))
+    page_id += 1
+    out.write(_page("Category:Visual concepts", 14, page_id, "Articles about [[shape]]s and [[colour]]s."))
+    page_id += 1
+    out.write(_page("Template:Infobox shape", 10, page_id, "{{{name}}} <includeonly>[[Category:Shapes]]</includeonly>"))
+    return bz2.compress(out.getvalue().encode("utf-8"), 9), len(titles)
+
+
+def pageviews(rng, hours=2):
+    """Hourly pageview files as ``{filename: gzip bytes}``."""
+    titles = [t.replace(" ", "_") for t in article_titles()]
+    extra = ["Main_Page", "Special:Search", "File:Red_circle.svg", "Talk:Circle", "Obscure_shape_article",
+             "Rarely_read_page"]
+    files = {}
+    for h in range(hours):
+        lines = []
+        for t in titles + extra:
+            low = t in ("Obscure_shape_article", "Rarely_read_page")
+            lines.append(f"en {t} {rng.randint(1, 20) if low else rng.randint(40, 400)} 0")
+            if rng.random() < 0.3:
+                lines.append(f"en.m {t} {rng.randint(1, 50)} 0")
+            if rng.random() < 0.2:
+                lines.append(f"de {t} {rng.randint(1, 50)} 0")
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+            gz.write(("\n".join(lines) + "\n").encode("utf-8"))
+        files[f"pageviews-20260101-{h:02d}0000.gz"] = buf.getvalue()
+    return files
+
+
+def wordnet_yaml():
+    """A small lexicon in Open English WordNet's YAML source format (one lexicographer file)."""
+    entries = {}
+    lemmas = [[s] for s in SHAPES] + [["polka dot", "dot"], ["crescent moon", "crescent"],
+                                      ["five-pointed star"], ["Star of David"], ["checkerboard", "checker board"]]
+    lemmas += [[c] for c in COLOURS] + [["stripe", "band"]]
+    for i, members in enumerate(lemmas):
+        entries[f"{90000000 + i * 7:08d}-n"] = {
+            "definition": [f"a visual concept of the demo world: {members[0]}"],
+            "ili": f"i9{i:05d}",
+            "members": members,
+            "partOfSpeech": "n",
+        }
+    return yaml.safe_dump(entries, sort_keys=True, allow_unicode=True).encode("utf-8")
