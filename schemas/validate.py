@@ -142,11 +142,19 @@ def validate_records(rows, schema, where=""):
         missing = names - row.keys()
         if missing:
             raise SchemaError(f"{_where(where, i)}: missing field(s) {', '.join(sorted(missing))}")
-    try:
-        table = pa.Table.from_pylist([{k: r[k] for k in names} for r in rows], schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-        raise SchemaError(f"{_where(where)}: {e}") from None
-    return validate_table(table, schema, where)
+    columns = []
+    for f in schema:
+        values = [r[f.name] for r in rows]
+        try:
+            columns.append(pa.array(values, f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            for i, v in enumerate(values):  # name the first value that does not fit
+                try:
+                    pa.array([v], f.type)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                    raise SchemaError(f"{_where(where, i, f.name)}: {v!r} is not a {f.type}") from None
+            raise
+    return validate_table(pa.Table.from_arrays(columns, schema=schema), schema, where)
 
 
 def validate_parquet(path, schema, batch_size=65536):

