@@ -130,6 +130,7 @@ def wiki_dump(rng, sentences_per_article):
     out.write(_page("Category:Visual concepts", 14, page_id, "Articles about [[shape]]s and [[colour]]s."))
     page_id += 1
     out.write(_page("Template:Infobox shape", 10, page_id, "{{{name}}} <includeonly>[[Category:Shapes]]</includeonly>"))
+    out.write("</mediawiki>\n")
     return bz2.compress(out.getvalue().encode("utf-8"), 9), len(titles)
 
 

@@ -175,11 +175,13 @@ class _Server(ThreadingHTTPServer):
         self.hits = {}
         self.stopping = threading.Event()
         self.conns = set()
+        self.accepted = 0
         super().__init__(addr, _Handler)
 
     def process_request(self, request, client_address):
         with self.lock:
             self.conns.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):
@@ -223,6 +225,11 @@ class DemoServer:
         """Requests received so far, by path."""
         with self._httpd.lock:
             return dict(self._httpd.hits)
+
+    @property
+    def connections(self):
+        """TCP connections accepted so far."""
+        return self._httpd.accepted
 
     def start(self):
         routes = json.loads((self.world / "routes.json").read_text())

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageChops
 
 from clipforge.demo import captions, concepts, corpora, messy
 from clipforge.demo.archives import Capture, write_warc_and_wat
@@ -57,11 +57,9 @@ def _encode(img, fmt, rng):
     buf = io.BytesIO()
     if fmt == "png_alpha":
         # transparent background: the shape stays, the rest is alpha 0
+        diff = ImageChops.difference(img, Image.new("RGB", img.size, img.getpixel((0, 0)))).convert("L")
         rgba = img.convert("RGBA")
-        bg = rgba.getpixel((0, 0))
-        px = [(r, g, b, 0 if abs(r - bg[0]) + abs(g - bg[1]) + abs(b - bg[2]) < 60 else 255)
-              for r, g, b, _ in rgba.getdata()]
-        rgba.putdata(px)
+        rgba.putalpha(diff.point(lambda v: 0 if v < 24 else 255))
         rgba.save(buf, "PNG", optimize=False)
         return buf.getvalue(), "png"
     if fmt == "png":
