@@ -252,8 +252,8 @@ def test_stop_ends_endless_streams_and_idle_connections(world_dir):
     while idle.recv(65536):  # rest of the response, then EOF: closed by the server (else a timeout)
         pass
     idle.close()
-    with socket.socket() as s:  # the port is free again
-        s.bind(("127.0.0.1", port))
+    with pytest.raises(ConnectionRefusedError):  # nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def test_binds_loopback_only_and_reports_a_busy_port(world_dir):
