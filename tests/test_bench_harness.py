@@ -1,0 +1,24 @@
+"""The benchmark harness: ratios and the report, checked on work whose cost is known."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness  # noqa: E402
+
+
+def test_ratio_is_peer_time_over_ours_and_report_lists_it():
+    calls = []
+    c = harness.Comparison(name="sum", ours=lambda: calls.append("ours") or sum(range(10_000)),
+                           peer=lambda: calls.append("peer") or sum(list(range(10_000)) * 3),
+                           peer_name="naive", items=10_000, unit="numbers", input="range(10000)", repeats=3,
+                           setup=lambda: calls.append("setup"), notes="toy")
+    r = harness.run(c, log=lambda *_: None)
+    assert calls == ["setup", "ours", "setup", "peer"] * 3  # alternating, set-up before each
+    assert len(r.ours_s) == len(r.peer_s) == 3
+    r.ours_s, r.peer_s = [1.0, 2.0, 9.0], [4.0, 6.0, 5.0]  # medians 2 and 5
+    assert r.ratio == 2.5 and r.ours_rate == 5000 and r.peer_rate == 2000
+    md = harness.markdown([r], "make bench")
+    assert "| sum | range(10000) | 5,000 numbers/s | naive | 2,000 numbers/s | **2.50x** |" in md
+    assert "cores" in md and "- **sum**: toy" in md

@@ -1,0 +1,92 @@
+"""The `clipforge` command as a user runs it: the installed console script, in a subprocess."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+CLI = str(Path(sys.executable).with_name("clipforge"))
+COMMANDS = ("queries", "crawl", "shard", "stats", "train", "eval", "demo")
+
+
+def run(*args, timeout=120):
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_top_level_help_lists_every_command():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in COMMANDS:
+        assert re.search(rf"^\s+{cmd}\s+\S", r.stdout, re.M), cmd
+    assert "demo web" in r.stdout
+    assert run("--version").stdout.startswith("clipforge ")
+    m = subprocess.run([sys.executable, "-m", "clipforge", "--help"], capture_output=True, text=True)
+    assert m.returncode == 0 and m.stdout == r.stdout
+
+
+@pytest.mark.parametrize("args", [(c,) for c in COMMANDS] + [("demo", "generate"), ("demo", "serve")])
+def test_every_subcommand_has_useful_help(args):
+    r = run(*args, "--help")
+    assert r.returncode == 0 and r.stderr == ""
+    assert f"usage: clipforge {' '.join(args)}" in r.stdout
+    description = r.stdout.split("\n\n")[1]
+    assert len(description.split()) >= 5, description
+
+
+@pytest.mark.parametrize("args", [("--bogus",), ("demo", "--bogus"), ("demo", "generate", "--nope"),
+                                  ("demo", "generate", "--size", "many"), ("frobnicate",)])
+def test_usage_errors_are_one_line(args):
+    r = run(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "error:" in r.stderr and "--help" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["queries", "crawl", "shard", "stats", "train", "eval"])
+def test_stages_not_built_yet_say_so(cmd):
+    r = run(cmd, "--some-future-flag")
+    assert r.returncode == 3
+    assert r.stderr.strip().count("\n") == 0 and "not built yet" in r.stderr
+
+
+def test_bad_input_is_one_line_and_nonzero(tmp_path):
+    r = run("demo", "serve", "--world", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "no manifest.json" in r.stderr
+    r = run("demo", "generate", "--out", str(tmp_path / "w"), "--size", "3")
+    assert r.returncode == 1 and "--size must be at least 20" in r.stderr
+    r = run("demo", "serve", "--world", str(tmp_path / "nowhere"), "--host", "0.0.0.0")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generate_reuses_an_identical_world(tmp_path):
+    out = tmp_path / "w"
+    first = run("demo", "generate", "--out", str(out), "--size", "30", "--heldout-per-class", "1")
+    assert first.returncode == 0 and "base URL http://127.0.0.1:" in first.stdout
+    manifest = (out / "manifest.json").read_bytes()
+    again = run("demo", "generate", "--out", str(out), "--size", "30", "--heldout-per-class", "1")
+    assert again.returncode == 0 and "already at" in again.stdout
+    assert (out / "manifest.json").read_bytes() == manifest
+    other = run("demo", "generate", "--out", str(out), "--size", "31", "--heldout-per-class", "1")
+    assert other.returncode == 0 and "generating" in other.stdout
+
+
+def test_serve_runs_until_interrupted(world_dir):
+    proc = subprocess.Popen([CLI, "demo", "serve", "--world", str(world_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/", line).group(1)
+        assert requests.get(url + "/index.html", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip().endswith("stopped")
