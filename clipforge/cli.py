@@ -46,10 +46,6 @@ def _formatter(prog):
 # --- stages not built yet ---------------------------------------------------------------------
 
 _PENDING = {
-    "queries": ("build CLIP's query list from Wikipedia, pageviews and WordNet (Apache Beam)",
-                "Reads MediaWiki XML dumps, plain-text corpora, Wikimedia pageview files, WordNet and\n"
-                "an existing MetaCLIP metadata.json; writes queries.parquet, metadata.json and\n"
-                "queries_stats.json.", 3),
     "crawl": ("web archives and URL lists -> cleaned, language-identified, query-matched, balanced pairs",
               "Reads Common Crawl WAT/WARC files and parquet/CSV/TSV/JSONL URL lists; writes\n"
               "pairs-*.parquet (an img2dataset-compatible URL list) and crawl_stats.json.", 4),
@@ -79,6 +75,94 @@ def _pending(name, issue):
     print(f"clipforge {name}: this stage is not built yet (issue {issue}); see README.md for what works today",
           file=sys.stderr)
     return 3
+
+
+# --- queries --------------------------------------------------------------------------------
+
+BEAM_HELP = ("Beam's own flags pass through: without --runner the stage runs on the local FnApiRunner\n"
+             "with one process per core; e.g. --runner=FlinkRunner --flink_master=HOST:8081, or\n"
+             "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp.")
+
+
+def _add_queries(sub):
+    p = sub.add_parser(
+        "queries", help="build CLIP's query list from Wikipedia, pageviews and WordNet (Apache Beam)",
+        formatter_class=_formatter, description=(
+            "Build the query list CLIP describes: words occurring at least --min-count times in\n"
+            "the corpus, bigrams with PMI >= --min-pmi (PMI = log2(N*c(ab)/(c(a)*c(b))), N = word\n"
+            "tokens), Wikipedia titles with at least --min-views page views, WordNet lemmas, and\n"
+            "entries of an existing metadata.json. Writes queries.parquet, metadata.json (MetaCLIP's\n"
+            "format) and queries_stats.json to --out.\n\n"
+            "With no inputs it builds the demo web's list (generating the demo web if needed)."),
+        epilog=BEAM_HELP)
+    g = p.add_argument_group("inputs (any combination; files, globs or fsspec/Beam URLs)")
+    g.add_argument("--wiki", nargs="+", action="extend", default=[], metavar="DUMP",
+                   help="MediaWiki XML dumps (.xml, .xml.bz2, .xml.gz)")
+    g.add_argument("--text", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="plain-text corpora, one document per line (.gz/.bz2 read transparently)")
+    g.add_argument("--pageviews", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="Wikimedia hourly pageview files (domain title views bytes; gz or plain)")
+    g.add_argument("--wordnet", nargs="+", action="extend", default=[], metavar="SRC",
+                   help="Open English WordNet YAML, WN-LMF XML(.gz), or 'nltk'")
+    g.add_argument("--metadata", nargs="+", action="extend", default=[], metavar="JSON",
+                   help="existing MetaCLIP metadata.json lists to import and extend (kept first)")
+    p.add_argument("--out", default=None, help="output directory (default: data/queries, or data/demo/queries)")
+    t = p.add_argument_group("thresholds")
+    t.add_argument("--min-count", type=int, default=100, help="minimum word count (default: %(default)s)")
+    t.add_argument("--min-bigram-count", type=int, default=None,
+                   help="minimum bigram count before PMI (default: --min-count)")
+    t.add_argument("--min-pmi", type=float, default=30.0, help="minimum bigram PMI, log base 2 (default: %(default)s)")
+    t.add_argument("--min-views", type=int, default=70, help="minimum summed page views of a title (default: %(default)s)")
+    t.add_argument("--max-entries", type=int, default=500_000, help="cap on the list, 0 for none (default: %(default)s)")
+    t.add_argument("--pageview-domains", default="en,en.m",
+                   help="pageview domain codes counted, comma-separated (default: %(default)s)")
+    p.set_defaults(func=_queries, parser=p, beam=True)
+
+
+def _queries(a, beam_flags):
+    from clipforge.queries.pipeline import QueriesConfig
+    from clipforge.queries.stage import run
+
+    inputs = dict(wiki=a.wiki, text=a.text, pageviews=a.pageviews, wordnet=a.wordnet, metadata=a.metadata)
+    thresholds = dict(min_count=a.min_count, min_bigram_count=a.min_bigram_count, min_pmi=a.min_pmi,
+                      min_views=a.min_views, max_entries=a.max_entries)
+    if not any(inputs.values()):
+        world = _ensure_world(DEFAULT_WORLD)
+        inputs = dict(wiki=[str(world / "wiki" / "*.xml.bz2")], text=[],
+                      pageviews=[str(world / "pageviews" / "*.gz")], wordnet=[str(world / "wordnet" / "*.yaml")],
+                      metadata=[])
+        if "--min-pmi" not in sys.argv:
+            thresholds["min_pmi"] = DEMO_MIN_PMI
+        out = a.out or "data/demo/queries"
+        print(f"queries: building the demo web's list from {world} (min PMI {thresholds['min_pmi']})")
+    else:
+        out = a.out or "data/queries"
+    for name in ("min_count", "min_views", "max_entries"):
+        if thresholds[name] < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    cfg = QueriesConfig(**inputs, out=out, **thresholds,
+                        pageview_domains=tuple(d for d in a.pageview_domains.split(",") if d))
+    t = time.time()
+    stats = run(cfg, beam_flags)
+    src = stats["extra"]["sources"]
+    print(f"queries: {stats['kept']:,} entries -> {out}/queries.parquet, metadata.json ("
+          + ", ".join(f"{s} {v['kept']:,}" for s, v in src.items() if v["candidates"])
+          + f"); {stats['input']:,} candidates, {time.time() - t:.1f} s")
+    corpus = stats["extra"]["corpus"]
+    if corpus["wiki_files_broken"]:
+        print(f"queries: warning: {corpus['wiki_files_broken']} dump file(s) broke off; "
+              "their pages before the break were counted", file=sys.stderr)
+    return 0
+
+
+# Bigram PMI in the demo corpus peaks near 9 (log2), so CLIP's threshold of 30 would keep none.
+DEMO_MIN_PMI = 3.0
+
+
+def _ensure_world(world):
+    if not (world / "manifest.json").exists():
+        _demo_generate(argparse.Namespace(out=world, seed=0, size=4000, port=0, heldout_per_class=20, force=False))
+    return world
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -168,13 +252,24 @@ def _add_demo(sub):
     s.set_defaults(func=_demo_serve, parser=s)
 
 
+def _quiet_logging():
+    """Our progress lines on stderr; Beam's own chatter only when it warns of something real."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipforge").setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+
+
 def build_parser():
     p = _Parser(prog="clipforge", formatter_class=_formatter,
                 description="clipforge: build CLIP-style image-text datasets from the web and train CLIP on them.",
                 epilog=EXAMPLES)
     p.add_argument("--version", action="version", version=f"clipforge {__version__}")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    for name in ("queries", "crawl", "shard", "stats", "train", "eval"):
+    _add_queries(sub)
+    for name in ("crawl", "shard", "stats", "train", "eval"):
         _add_pending(sub, name)
     _add_demo(sub)
     return p
@@ -183,14 +278,22 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "pending", False):
+    if extra and not (getattr(args, "pending", False) or getattr(args, "beam", False)):
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    _quiet_logging()
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
     from clipforge.schemas.validate import SchemaError
 
     try:
+        if getattr(args, "beam", False):
+            from clipforge.pipeline.runner import BeamFlagError, unknown_beam_flags
+
+            unknown = unknown_beam_flags(extra)
+            if unknown:
+                args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            return args.func(args, extra)
         return args.func(args)
     except (UserError, SchemaError, FileNotFoundError, OSError, ValueError) as e:
         print(f"clipforge: error: {e}", file=sys.stderr)

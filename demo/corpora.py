@@ -145,6 +145,8 @@ def pageviews(rng, hours=2):
         for t in titles + extra:
             low = t in ("Obscure_shape_article", "Rarely_read_page")
             lines.append(f"en {t} {rng.randint(1, 20) if low else rng.randint(40, 400)} 0")
+            if low:
+                continue
             if rng.random() < 0.3:
                 lines.append(f"en.m {t} {rng.randint(1, 50)} 0")
             if rng.random() < 0.2:

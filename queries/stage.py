@@ -1,0 +1,145 @@
+"""The queries stage as a command: check the inputs, run the pipeline, write queries_stats.json.
+
+Errors in the inputs as a whole (a pattern that matches nothing, a file that is not a
+dump, an empty corpus) stop the stage with one line; damage inside a file (a truncated
+bz2, malformed pageview lines) is counted and reported.
+"""
+
+import bz2
+import gzip
+import json
+import logging
+import time
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
+from clipforge.queries import lexicons
+from clipforge.queries.pipeline import NS, QueriesConfig, build
+from clipforge.schemas.files import Funnel
+
+log = logging.getLogger("clipforge.queries")
+
+DROP_REASONS = ("below_min_count", "below_min_bigram_count", "below_min_pmi", "below_min_views",
+                "title_has_colon", "empty_or_punctuation", "duplicate_of_higher_priority", "over_max_entries")
+SOURCES = ("metadata", "wordnet", "unigram", "bigram", "title")
+
+
+class InputError(ValueError):
+    """Inputs the stage cannot use at all."""
+
+
+def expand(patterns, what):
+    """Every file matched by the patterns, sorted; a pattern matching nothing is an error."""
+    out = []
+    for pattern in patterns:
+        if what == "--wordnet" and pattern == "nltk":
+            out.append(pattern)
+            continue
+        try:
+            found = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError and others for bad schemes or paths
+            raise InputError(f"{what} {pattern}: {e}") from None
+        files = sorted((m.path, m.size_in_bytes) for m in found)
+        if not files:
+            raise InputError(f"{what} {pattern}: no such file")
+        out.extend(files)
+    return out
+
+
+def _peek(path, n=4096):
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        if path.endswith(".bz2"):
+            return bz2.open(raw).read(n)
+        if path.endswith(".gz"):
+            return gzip.open(raw).read(n)
+        return raw.read(n)
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot be decompressed ({e})") from None
+    finally:
+        raw.close()
+
+
+def check_wiki(path):
+    head = _peek(path).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"<?xml"):
+        head = head[head.find(b"?>") + 2:].lstrip()
+    if not head.startswith(b"<mediawiki"):
+        raise InputError(f"--wiki {path}: not a MediaWiki XML dump (it does not start with <mediawiki>)")
+
+
+def run(cfg: QueriesConfig, beam_flags=()):
+    t0 = time.time()
+    wiki = expand(cfg.wiki, "--wiki")
+    for path, _ in wiki:
+        check_wiki(path)
+    text = [p for p, _ in expand(cfg.text, "--text")]
+    pageviews = [p for p, _ in expand(cfg.pageviews, "--pageviews")]
+    wordnet = [p for p, _ in expand(cfg.wordnet, "--wordnet")]
+    for path in wordnet:
+        lexicons.wordnet_format(path)
+    metadata = [p for p, _ in expand(cfg.metadata, "--metadata")]
+    if not (wiki or text or pageviews or wordnet or metadata):
+        raise InputError("no inputs: give at least one of --wiki, --text, --pageviews, --wordnet, --metadata")
+    for path in metadata:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            lexicons.metadata_entries(f.read(), path)
+    resolved = QueriesConfig(**{**cfg.__dict__, "wiki": [p for p, _ in wiki], "text": text,
+                                "pageviews": pageviews, "wordnet": wordnet, "metadata": metadata})
+    FileSystems.mkdirs(cfg.out) if not FileSystems.exists(cfg.out) else None
+
+    p = make_pipeline(list(beam_flags))
+    build(p, resolved, wiki_sizes=dict(wiki))
+    result = run_pipeline(p)
+    c = counters(result)
+    pmi_dist = _distribution(result, "pmi_milli")
+    stats = funnel_from_counters(c, resolved, pmi_dist, wall=time.time() - t0)
+    with FileSystems.create(FileSystems.join(cfg.out, "queries_stats.json")) as f:
+        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    if stats["kept"] == 0:
+        raise InputError("no queries produced: the inputs hold no entry that passes the thresholds "
+                         f"(see {FileSystems.join(cfg.out, 'queries_stats.json')})")
+    return stats
+
+
+def _distribution(result, name):
+    for d in result.metrics().query()["distributions"]:
+        if d.key.metric.name == name:
+            v = d.committed or d.attempted
+            if v and v.count:
+                return {"min": v.min / 1000, "max": v.max / 1000, "mean": v.sum / v.count / 1000, "count": v.count}
+    return None
+
+
+def funnel_from_counters(c, cfg, pmi_dist=None, wall=None):
+    f = Funnel("queries", unit="candidate entry")
+    for source in SOURCES:
+        f.add_input(c.get(f"in_{source}", 0))
+    f.keep(c.get("kept", 0))
+    for reason in DROP_REASONS:
+        n = c.get(f"drop_{reason}", 0) if reason != "over_max_entries" else c.get("merged", 0) - c.get("kept", 0)
+        if n:
+            f.drop(reason, n)
+    f.extra = {
+        "sources": {s: {"candidates": c.get(f"in_{s}", 0), "kept": c.get(f"kept_{s}", 0)} for s in SOURCES},
+        "thresholds": {"min_count": cfg.min_count, "min_bigram_count": cfg.min_bigram_count,
+                       "min_pmi": cfg.min_pmi, "min_views": cfg.min_views, "max_entries": cfg.max_entries,
+                       "pageview_domains": list(cfg.pageview_domains),
+                       "pmi": "log2(N * c(ab) / (c(a) * c(b))), N = word tokens"},
+        "corpus": {"documents": c.get("documents", 0), "word_tokens": c.get("tokens", 0),
+                   "distinct_words": c.get("in_unigram", 0), "distinct_bigrams": c.get("in_bigram", 0),
+                   "wiki_pages": c.get("wiki_pages", 0), "wiki_redirects_skipped": c.get("wiki_redirects_skipped", 0),
+                   "wiki_non_article_skipped": c.get("wiki_non_article_skipped", 0),
+                   "wiki_files_broken": c.get("wiki_files_broken", 0),
+                   "wikitext_bytes": c.get("wiki_wikitext_bytes", 0), "prose_bytes": c.get("prose_bytes", 0),
+                   "pageview_lines": c.get("pageview_lines", 0),
+                   "pageview_lines_malformed": c.get("pageview_lines_malformed", 0)},
+        "bigram_pmi": pmi_dist,
+        "inputs": {"wiki": cfg.wiki, "text": cfg.text, "pageviews": cfg.pageviews, "wordnet": cfg.wordnet,
+                   "metadata": cfg.metadata},
+    }
+    if wall is not None:
+        f.extra["seconds"] = round(wall, 2)
+    return f.to_dict()
