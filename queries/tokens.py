@@ -7,7 +7,8 @@ different entries, as in MetaCLIP.
 
 A *bigram* is two words adjacent within one segment; segments end at line breaks and at
 the sentence and clause punctuation ``. ! ? ; : ( ) [ ] { } " , …`` so that ``Paris. The``
-is never a bigram.
+is never a bigram. Numbers are not words, and the words on either side of one are not a
+bigram either.
 """
 
 import re
@@ -38,8 +39,8 @@ def bigrams(text):
     """Every pair of adjacent words within a segment, as 'a b' strings."""
     out = []
     for seg in segments(text):
-        ws = words(seg)
-        out.extend(f"{a} {b}" for a, b in zip(ws, ws[1:]))
+        ws = _WORD.findall(seg)  # a run without letters (a number) still separates its neighbours
+        out.extend(f"{a} {b}" for a, b in zip(ws, ws[1:]) if _HAS_LETTER.search(a) and _HAS_LETTER.search(b))
     return out
 
 

@@ -1,0 +1,262 @@
+"""The query-list stage: readers on real dumps and lexicons, counts against a reference, PMI,
+source merging, determinism, the portable runner, and bad input."""
+
+import bz2
+import gzip
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from clipforge.queries import lexicons, tokens
+from clipforge.queries.pipeline import QueriesConfig
+from clipforge.queries.stage import InputError, run
+from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
+from clipforge.schemas import QUERY
+from clipforge.schemas.files import read_metadata, read_stats
+from clipforge.schemas.validate import validate_parquet
+
+from conftest import shared_file
+
+CLI = str(Path(sys.executable).with_name("clipforge"))
+ONE_WORKER = ["--direct_num_workers=2"]
+
+
+def real_articles():
+    with bz2.open(shared_file("wiki/enwiki-pages-articles-excerpt.xml.bz2")) as f:
+        pages = list(iter_pages(f))
+    return pages, [p for p in pages if p.ns == 0 and not p.redirect]
+
+
+# --- readers ------------------------------------------------------------------------------
+
+def test_real_dump_pages_redirects_and_namespaces():
+    pages, articles = real_articles()
+    assert len(pages) == 206 and len(articles) == 106  # as the sample's README states
+    redirects = [p for p in pages if p.redirect]
+    assert len(redirects) == 100 and all(p.text.lstrip().upper().startswith("#REDIRECT") for p in redirects)
+    assert articles[0].title == "Anarchism"
+
+
+def test_markup_is_gone_from_the_prose():
+    _, articles = real_articles()
+    prose = "\n".join(wikitext_to_prose(p.text) for p in articles)
+    for markup in ("{{", "}}", "[[", "]]", "<ref", "</ref>", "{|", "|}", "'''", "''", "thumb|", "Category:",
+                   "File:", "<!--", "&nbsp;"):
+        assert markup not in prose, markup
+    # link text survives, link targets and templates do not
+    assert "Anarchism is a political philosophy" in prose
+    text = "The [[Circle (shape)|circle]] is {{convert|3|m}} wide.<ref>{{cite web|title=X}}</ref> " \
+           "[[File:C.svg|thumb|A caption]] See [[Category:Shapes]] and [[de:Kreis]].\n{| class=x\n| cell\n|}\nEnd."
+    assert wikitext_to_prose(text) == "The circle is wide. See and .\nEnd."
+
+
+def test_truncated_and_non_xml_dumps(tmp_path):
+    data = shared_file("wiki/enwiki-pages-articles-excerpt.xml.bz2").read_bytes()
+    (tmp_path / "cut.xml.bz2").write_bytes(data[: len(data) // 2])
+    got = []
+    with pytest.raises(DumpError, match="compressed stream is truncated"):
+        for page in iter_pages(bz2.open(tmp_path / "cut.xml.bz2"), "cut.xml.bz2"):
+            got.append(page)
+    assert 0 < len(got) < 206
+    (tmp_path / "x.xml").write_bytes(b"<html><body>hi</body></html>")
+    with pytest.raises(DumpError, match="not a MediaWiki XML dump"):
+        list(iter_pages(open(tmp_path / "x.xml", "rb"), "x.xml"))
+
+
+def test_oewn_yaml_lemmas_have_spaces_not_underscores():
+    data = shared_file("wordnet/oewn-noun.object.yaml").read_bytes()
+    lemmas = list(lexicons.oewn_yaml_lemmas(data))
+    assert "abyssal zone" in lemmas and "abyss" in lemmas
+    assert not any("_" in lemma for lemma in lemmas)
+    assert sum(" " in lemma for lemma in lemmas) > 100
+
+
+def test_wn_lmf_xml_and_underscores(tmp_path):
+    lmf = b"""<?xml version="1.0" encoding="UTF-8"?>
+<LexicalResource xmlns:dc="https://globalwordnet.github.io/schemas/dc/">
+  <Lexicon id="t" label="test" language="en" email="a@b" license="x" version="1">
+    <LexicalEntry id="t-red-a"><Lemma writtenForm="red" partOfSpeech="a"/><Sense id="s1" synset="t-1-a"/></LexicalEntry>
+    <LexicalEntry id="t-polka_dot-n"><Lemma writtenForm="polka_dot" partOfSpeech="n"/><Sense id="s2" synset="t-2-n"/></LexicalEntry>
+    <LexicalEntry id="t-Star_of_David-n"><Lemma writtenForm="Star of David" partOfSpeech="n"/></LexicalEntry>
+    <Synset id="t-1-a" partOfSpeech="a"/>
+  </Lexicon>
+</LexicalResource>"""
+    (tmp_path / "wn.xml.gz").write_bytes(gzip.compress(lmf))
+    assert list(lexicons.wordnet_lemmas(str(tmp_path / "wn.xml.gz"))) == ["red", "polka dot", "Star of David"]
+    with pytest.raises(lexicons.LexiconError, match="unknown WordNet format"):
+        lexicons.wordnet_format("wn.txt")
+
+
+def test_nltk_wordnet_when_installed_or_a_clear_error():
+    try:
+        import nltk  # noqa: F401
+    except ImportError:
+        with pytest.raises(lexicons.LexiconError, match="pip install nltk"):
+            list(lexicons.wordnet_lemmas("nltk"))
+        return
+    try:
+        lemmas = set(lexicons.wordnet_lemmas("nltk"))
+    except lexicons.LexiconError as e:
+        assert "nltk.downloader wordnet" in str(e)
+        return
+    assert "dog" in lemmas and "hot dog" in lemmas
+
+
+def test_tokens():
+    text = "Paris. The Red-Circle isn't here; New York (city) has “quotes”, Lennon–McCartney 42 1990s"
+    assert tokens.unigrams(text) == ["Paris", "The", "Red-Circle", "isn't", "here", "New", "York", "city", "has",
+                                     "quotes", "Lennon", "McCartney", "1990s"]
+    assert tokens.bigrams(text) == ["The Red-Circle", "Red-Circle isn't", "isn't here", "New York",
+                                    "Lennon McCartney"]
+    bigrams = tokens.bigrams(text)
+    assert "Paris The" not in bigrams and "here New" not in bigrams and "New York" in bigrams
+    assert "York city" not in bigrams and "Lennon McCartney" in bigrams
+    assert [tokens.clean_entry(x) for x in ("  polka   dot ", "!", "", "  ", "—", "C++", "A")] == \
+        ["polka dot", None, None, None, None, "C++", "A"]
+
+
+# --- the pipeline -------------------------------------------------------------------------
+
+def reference_counts(articles):
+    uni, bi = Counter(), Counter()
+    for p in articles:
+        prose = wikitext_to_prose(p.text)
+        uni.update(tokens.unigrams(prose))
+        bi.update(tokens.bigrams(prose))
+    return uni, bi
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "real"
+    cfg = QueriesConfig(wiki=[str(shared_file("wiki/enwiki-pages-articles-excerpt.xml.bz2"))], out=str(out),
+                        min_count=40, min_bigram_count=20, min_pmi=5.0, max_entries=0)
+    stats = run(cfg, ONE_WORKER)
+    return out, stats
+
+
+def test_counts_equal_a_reference_count(real_run):
+    out, stats = real_run
+    _, articles = real_articles()
+    uni, bi = reference_counts(articles)
+    rows = pq.read_table(out / "queries.parquet").to_pylist()
+    got_uni = {r["query"]: r["count"] for r in rows if r["source"] == "unigram"}
+    assert got_uni == {w: c for w, c in uni.items() if c >= 40}
+    n = sum(uni.values())
+    assert stats["extra"]["corpus"]["word_tokens"] == n
+    assert stats["extra"]["corpus"]["distinct_words"] == len(uni)
+    assert stats["extra"]["corpus"]["distinct_bigrams"] == len(bi)
+    expected_bi = {}
+    for b, c in bi.items():
+        a, w = b.split(" ")
+        if c >= 20 and math.log2(n * c / (uni[a] * uni[w])) >= 5.0:
+            expected_bi[b] = c
+    got_bi = {r["query"]: r for r in rows if r["source"] == "bigram"}
+    # a bigram that is also a higher-priority entry would be listed there; none is, here
+    assert {b: r["count"] for b, r in got_bi.items()} == expected_bi
+    # hand-checked PMI values of a few bigrams
+    for b in ("United States", "Ayn Rand", "Aristotle's"):
+        if b in got_bi:
+            a, w = b.split(" ")
+            assert got_bi[b]["pmi"] == pytest.approx(math.log2(n * bi[b] / (uni[a] * uni[w])))
+    assert "United States" in got_bi
+    us = got_bi["United States"]
+    assert us["pmi"] == pytest.approx(math.log2(n * bi["United States"] / (uni["United"] * uni["States"])))
+    assert all(r["pmi"] >= 5.0 for r in got_bi.values())
+
+
+def test_output_is_ranked_and_valid(real_run):
+    out, stats = real_run
+    assert validate_parquet(out / "queries.parquet", QUERY) == stats["kept"]
+    rows = pq.read_table(out / "queries.parquet").to_pylist()
+    assert read_metadata(out / "metadata.json") == [r["query"] for r in rows]
+    uni = [r["count"] for r in rows if r["source"] == "unigram"]
+    assert uni == sorted(uni, reverse=True)
+    sources = [r["source"] for r in rows]
+    assert sources == sorted(sources, key=["unigram", "bigram"].index)
+    s = read_stats(out / "queries_stats.json")
+    assert s["kept"] + sum(s["dropped"].values()) == s["input"]
+    assert s["extra"]["corpus"]["wiki_redirects_skipped"] == 100
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(world_dir):
+    return dict(wiki=[str(world_dir / "wiki" / "*.xml.bz2")], pageviews=[str(world_dir / "pageviews" / "*.gz")],
+                wordnet=[str(world_dir / "wordnet" / "*.yaml")])
+
+
+def test_demo_sources_merge_by_priority_and_thresholds(tmp_path, demo_inputs):
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["zebra crossing", "red", "zebra crossing", "Circle"]))
+    cfg = QueriesConfig(**demo_inputs, metadata=[str(meta)], out=str(tmp_path / "q"), min_count=20, min_pmi=2.0)
+    stats = run(cfg, ONE_WORKER)
+    rows = pq.read_table(tmp_path / "q" / "queries.parquet").to_pylist()
+    by_query = {r["query"]: r for r in rows}
+    assert [r["query"] for r in rows[:3]] == ["zebra crossing", "red", "Circle"]  # imported list first, in order
+    assert by_query["red"]["source"] == "metadata"
+    assert by_query["circle"]["source"] == "wordnet"  # also a frequent word: WordNet wins over unigram
+    assert by_query["polka dot"]["source"] == "wordnet"
+    assert by_query["Traffic light"]["source"] == "title" and by_query["Traffic light"]["count"] >= 70
+    assert "Obscure shape article" not in by_query  # below 70 views
+    assert not any(":" in q for q in by_query)  # Special:Search, File:..., Talk:...
+    assert by_query["hexagon"]["source"] == "wordnet"
+    assert stats["dropped"]["title_has_colon"] == 3
+    assert stats["dropped"]["duplicate_of_higher_priority"] >= 10
+    assert stats["extra"]["sources"]["metadata"] == {"candidates": 3, "kept": 3}
+    assert len(rows) == stats["kept"] == len(by_query)
+
+
+def test_same_input_same_bytes_on_any_worker_count_and_the_portable_runner(tmp_path, demo_inputs):
+    outputs = {}
+    for name, flags in {"one": ["--direct_num_workers=1"], "two": ["--direct_num_workers=2"],
+                        "portable": ["--runner=PortableRunner", "--job_endpoint=embed",
+                                     "--environment_type=LOOPBACK"]}.items():
+        cfg = QueriesConfig(**demo_inputs, out=str(tmp_path / name), min_count=20, min_pmi=2.0, max_entries=50)
+        stats = run(cfg, flags)
+        outputs[name] = ((tmp_path / name / "queries.parquet").read_bytes(),
+                         (tmp_path / name / "metadata.json").read_bytes(), stats["dropped"])
+    assert outputs["one"] == outputs["two"] == outputs["portable"]
+    assert len(json.loads(outputs["one"][1])) == 50
+    assert outputs["one"][2]["over_max_entries"] > 0
+
+
+# --- bad input, through the command line ------------------------------------------------------
+
+def cli(*args, cwd):
+    return subprocess.run([CLI, "queries", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_bad_inputs_end_in_one_line(tmp_path):
+    (tmp_path / "notxml.xml").write_text("just some text, not a dump")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.json").write_text('{"a": 1}')
+    for args, message in [
+        (["--wiki", "missing-*.xml.bz2"], "no such file"),
+        (["--wiki", "notxml.xml"], "not a MediaWiki XML dump"),
+        (["--text", "empty.txt"], "no queries produced"),
+        (["--metadata", "bad.json"], "expected a JSON list of strings"),
+        (["--wordnet", "words.csv"], "no such file"),
+        (["--min-count", "-1", "--text", "empty.txt"], "must not be negative"),
+    ]:
+        r = cli(*args, "--out", "o", cwd=tmp_path)
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.strip().count("\n") == 0 and message in r.stderr, (args, r.stderr)
+
+
+def test_damage_inside_files_is_counted(tmp_path):
+    data = shared_file("wiki/enwiki-pages-articles-excerpt.xml.bz2").read_bytes()
+    (tmp_path / "cut.xml.bz2").write_bytes(data[: len(data) // 2])
+    (tmp_path / "views").write_text("en Circle 80 0\nthis line is garbage\nen Square x 0\nen Star 90 0\n")
+    r = cli("--wiki", "cut.xml.bz2", "--pageviews", "views", "--min-count", "30", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "broke off" in r.stderr
+    s = read_stats(tmp_path / "o" / "queries_stats.json")
+    assert s["extra"]["corpus"]["wiki_files_broken"] == 1 and s["extra"]["corpus"]["wiki_pages"] > 0
+    assert s["extra"]["corpus"]["pageview_lines_malformed"] == 2
+    assert s["extra"]["sources"]["title"] == {"candidates": 2, "kept": 2}
