@@ -4,6 +4,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,7 +14,8 @@ from importlib import metadata
 @dataclass
 class Comparison:
     """One benchmark: our implementation and the peer's, each a zero-argument callable that
-    processes ``items`` units of work (images, pairs, samples) and returns anything."""
+    processes ``items`` units of work (images, pairs, samples) and returns anything, or an
+    argv list run as a subprocess whose peak memory (the whole process tree) is recorded too."""
 
     name: str
     ours: callable
@@ -37,6 +39,8 @@ class Result:
     ours_s: list = field(default_factory=list)
     peer_s: list = field(default_factory=list)
     notes: str = ""
+    ours_rss: list = field(default_factory=list)  # peak bytes, for subprocess benchmarks
+    peer_rss: list = field(default_factory=list)
 
     @property
     def ours_rate(self):
@@ -52,13 +56,53 @@ class Result:
         return statistics.median(self.peer_s) / statistics.median(self.ours_s)
 
 
+def _tree_rss(root):
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def run_command(argv, interval=0.1):
+    """Run argv; return (seconds, peak resident bytes of its process tree). Fails loudly."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(interval)
+    seconds = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({proc.returncode}): {err[-2000:]}")
+    return seconds, peak
+
+
 def _time(fn, setup):
     if setup:
         setup()
     gc.collect()
+    if isinstance(fn, (list, tuple)):
+        return run_command(fn)
     t = time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, None
 
 
 def run(comparison, log=print):
@@ -66,8 +110,11 @@ def run(comparison, log=print):
     c = comparison
     r = Result(c.name, c.peer_name, c.unit, c.items, c.input, notes=c.notes)
     for i in range(c.repeats):
-        r.ours_s.append(_time(c.ours, c.setup))
-        r.peer_s.append(_time(c.peer, c.setup))
+        for side, times, rss in ((c.ours, r.ours_s, r.ours_rss), (c.peer, r.peer_s, r.peer_rss)):
+            seconds, peak = _time(side, c.setup)
+            times.append(seconds)
+            if peak is not None:
+                rss.append(peak)
         log(f"  {c.name} [{i + 1}/{c.repeats}] clipforge {r.ours_s[-1]:.3f} s, {c.peer_name} {r.peer_s[-1]:.3f} s")
     return r
 
@@ -101,6 +148,10 @@ def _version(pkg):
         return "not installed"
 
 
+def _rate(x):
+    return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
+
+
 def markdown(results, command, packages=("clipforge", "img2dataset", "apache-beam", "torch", "webdataset")):
     m = machine()
     lines = [
@@ -113,12 +164,14 @@ def markdown(results, command, packages=("clipforge", "img2dataset", "apache-bea
         "Each row runs clipforge and the peer on the same input in the same process run, alternating, "
         "and reports medians. Ratio = peer time / clipforge time (above 1: clipforge is faster).",
         "",
-        "| benchmark | input | clipforge | peer | peer rate | ratio |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r.name} | {r.input} | {r.ours_rate:,.0f} {r.unit}/s | {r.peer_name} | "
-                     f"{r.peer_rate:,.0f} {r.unit}/s | **{r.ratio:.2f}x** |")
+        mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"
+               if r.ours_rss and r.peer_rss else "")
+        lines.append(f"| {r.name} | {r.input} | {_rate(r.ours_rate)} {r.unit}/s | {r.peer_name} | "
+                     f"{_rate(r.peer_rate)} {r.unit}/s | **{r.ratio:.2f}x** | {mem} |")
     notes = [f"- **{r.name}**: {r.notes}" for r in results if r.notes]
     if notes:
         lines += ["", "Notes:", ""] + notes

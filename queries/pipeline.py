@@ -17,6 +17,7 @@ dropped for a named reason.
 """
 
 import bz2
+import functools
 import gzip
 import io
 import json
@@ -32,6 +33,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from clipforge.queries import lexicons, tokens
 from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
@@ -63,7 +67,9 @@ class QueriesConfig:
             self.min_bigram_count = self.min_count
 
 
+@functools.lru_cache(maxsize=None)
 def _counter(name):
+    """A Beam counter (created once per process; it reports to whatever step is running)."""
     return Metrics.counter(NS, name)
 
 
@@ -148,9 +154,44 @@ def _prose(kv):
     return prose
 
 
-def _count_doc(doc):
-    _counter("documents").inc()
-    return doc
+class CountTokens(beam.DoFn):
+    """Documents -> partial (word, count) and, tagged "bigrams", (bigram, count) pairs.
+
+    Counting inside the bundle first (in-mapper combining) sends one element per distinct
+    token per bundle instead of one per occurrence; the dictionary is flushed whenever it
+    holds ``max_keys`` entries, so a worker's memory is bounded whatever the corpus size.
+    """
+
+    def __init__(self, max_keys=200_000):
+        self.max_keys = max_keys
+
+    def setup(self):
+        self.documents = _counter("documents")
+
+    def start_bundle(self):
+        self.uni, self.bi = {}, {}
+
+    def process(self, doc):
+        self.documents.inc()
+        uni, bi = self.uni, self.bi
+        for w in tokens.unigrams(doc):
+            uni[w] = uni.get(w, 0) + 1
+        for b in tokens.bigrams(doc):
+            bi[b] = bi.get(b, 0) + 1
+        if len(uni) + len(bi) > self.max_keys:
+            yield from self._flush(wrap=False)
+
+    def finish_bundle(self):
+        yield from self._flush(wrap=True)
+
+    def _flush(self, wrap):
+        def out(kv):
+            return WindowedValue(kv, MIN_TIMESTAMP, [GlobalWindow()]) if wrap else kv
+        for kv in self.uni.items():
+            yield out(kv)
+        for kv in self.bi.items():
+            yield beam.pvalue.TaggedOutput("bigrams", out(kv))
+        self.uni, self.bi = {}, {}
 
 
 class ReadPageviews(beam.PTransform):
@@ -311,20 +352,22 @@ def build(p, cfg, wiki_sizes=None):
     candidates = []
     docs = []
     if cfg.wiki:
+        # One dump file per worker at a time; pages are turned into prose where they are read, so
+        # only partial counts (not the corpus) travel between steps and memory stays flat.
         articles = (p | "WikiFiles" >> beam.Create(sorted(cfg.wiki))
+                    | "SpreadFiles" >> beam.Reshuffle()
                     | "ReadWikiPages" >> beam.ParDo(ReadWikiPages(wiki_sizes or {})).with_outputs("errors", main="pages"))
-        docs.append(articles.pages | "SpreadPages" >> beam.Reshuffle() | "WikitextToProse" >> beam.Map(_prose))
+        docs.append(articles.pages | "WikitextToProse" >> beam.Map(_prose))
     for i, path in enumerate(cfg.text):
         docs.append(p | f"ReadText{i}" >> beam.io.ReadFromText(path))
     if docs:
-        corpus = docs | "Corpus" >> beam.Flatten() | "CountDocuments" >> beam.Map(_count_doc)
-        unigram_counts = (corpus | "Words" >> beam.FlatMap(tokens.unigrams)
-                          | "CountWords" >> beam.combiners.Count.PerElement())
+        partial = (docs | "Corpus" >> beam.Flatten()
+                   | "CountInBundles" >> beam.ParDo(CountTokens()).with_outputs("bigrams", main="words"))
+        unigram_counts = partial.words | "CountWords" >> beam.CombinePerKey(sum)
         n_tokens = (unigram_counts | "Tokens" >> beam.Values()
                     | "TotalTokens" >> beam.CombineGlobally(sum))
         candidates.append(unigram_counts | "Unigrams" >> beam.FlatMap(_unigram, cfg.min_count))
-        bigram_counts = (corpus | "Bigrams" >> beam.FlatMap(tokens.bigrams)
-                         | "CountBigrams" >> beam.combiners.Count.PerElement()
+        bigram_counts = (partial.bigrams | "CountBigrams" >> beam.CombinePerKey(sum)
                          | "MinBigramCount" >> beam.FlatMap(_bigram_prefilter, cfg.min_bigram_count))
         by_first = (
             {"bigrams": bigram_counts | "KeyByFirst" >> beam.Map(lambda kv: (kv[0].split(" ", 1)[0], kv)),

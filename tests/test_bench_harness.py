@@ -20,5 +20,17 @@ def test_ratio_is_peer_time_over_ours_and_report_lists_it():
     r.ours_s, r.peer_s = [1.0, 2.0, 9.0], [4.0, 6.0, 5.0]  # medians 2 and 5
     assert r.ratio == 2.5 and r.ours_rate == 5000 and r.peer_rate == 2000
     md = harness.markdown([r], "make bench")
-    assert "| sum | range(10000) | 5,000 numbers/s | naive | 2,000 numbers/s | **2.50x** |" in md
+    assert "| sum | range(10000) | 5,000 numbers/s | naive | 2,000 numbers/s | **2.50x** |  |" in md
     assert "cores" in md and "- **sum**: toy" in md
+
+
+def test_subprocess_benchmarks_record_peak_memory_of_the_process_tree():
+    # the child allocates ~64 MiB and keeps it for a moment: the sampled peak must see it
+    hold = [sys.executable, "-c", "import time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "time.sleep(1.0)"]
+    small = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    c = harness.Comparison(name="mem", ours=small, peer=hold, peer_name="big", items=1, repeats=1)
+    r = harness.run(c, log=lambda *_: None)
+    assert r.peer_rss[0] > r.ours_rss[0] + (48 << 20)
+    md = harness.markdown([r], "make bench")
+    assert " MiB / " in md
