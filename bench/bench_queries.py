@@ -40,5 +40,11 @@ def benchmarks(workdir):
         out.append(Comparison(
             name=f"query list, {copies}x corpus", ours=ours, peer=peer, peer_name="MetaCLIP-style Counter",
             items=mb * copies, unit="MB wikitext", input=f"{copies} x enwiki excerpt ({mb * copies:.1f} MB wikitext)",
-            repeats=2, notes="same reader, wikitext-to-prose and tokenizer on both sides; time includes start-up"))
+            repeats=2, notes=(
+                "same dump reader, wikitext-to-prose (mwparserfromhell) and tokenizer on both sides, so the "
+                "ratio is the engine: Beam on FnApiRunner with 2 worker processes against one process; times "
+                "include start-up (about 4 s for Beam's workers). Memory is the whole process tree: Beam's "
+                "runner and workers against one process; FnApiRunner keeps its shuffle in memory, a "
+                "distributed runner spills it."
+                if copies == 1 else "as above; one dump file per worker at a time")))
     return out

@@ -260,3 +260,15 @@ def test_damage_inside_files_is_counted(tmp_path):
     assert s["extra"]["corpus"]["wiki_files_broken"] == 1 and s["extra"]["corpus"]["wiki_pages"] > 0
     assert s["extra"]["corpus"]["pageview_lines_malformed"] == 2
     assert s["extra"]["sources"]["title"] == {"candidates": 2, "kept": 2}
+
+
+def test_no_arguments_builds_the_demo_list(tmp_path):
+    """`clipforge queries` alone: the demo web (generated on first use) through the same code."""
+    r = subprocess.run([CLI, "queries"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "data" / "demo" / "queries"
+    queries = read_metadata(out / "metadata.json")
+    for q in ("circle", "red", "polka dot", "Circle"):
+        assert q in queries
+    s = read_stats(out / "queries_stats.json")
+    assert all(s["extra"]["sources"][src]["kept"] > 0 for src in ("wordnet", "unigram", "bigram", "title"))
