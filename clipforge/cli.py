@@ -46,9 +46,6 @@ def _formatter(prog):
 # --- stages not built yet ---------------------------------------------------------------------
 
 _PENDING = {
-    "crawl": ("web archives and URL lists -> cleaned, language-identified, query-matched, balanced pairs",
-              "Reads Common Crawl WAT/WARC files and parquet/CSV/TSV/JSONL URL lists; writes\n"
-              "pairs-*.parquet (an img2dataset-compatible URL list) and crawl_stats.json.", 4),
     "shard": ("fetch images safely and pack them as WebDataset tar shards",
               "Fetches every pair's image over HTTP with byte caps, deadlines and an SSRF guard,\n"
               "resizes it and writes NNNNNN.tar, NNNNNN.parquet, sizes.json and shard_stats.json.", 5),
@@ -165,6 +162,76 @@ def _ensure_world(world):
     return world
 
 
+# --- crawl ------------------------------------------------------------------------------------
+
+# The demo web is small: a cap of 200 pairs per query shows balancing at work on it.
+DEMO_MAX_PER_QUERY = 200
+
+
+def _add_crawl(sub):
+    p = sub.add_parser(
+        "crawl", help="web archives and URL lists -> cleaned, language-identified, query-matched, balanced pairs",
+        formatter_class=_formatter, description=(
+            "Read image links with their alt text from Common Crawl WARC and WAT files and from URL\n"
+            "lists; clean the texts, identify their language (fastText lid.176), keep those that\n"
+            "contain a query (MetaCLIP's matching), drop duplicates, and balance so that no query\n"
+            "keeps more than about --max-per-query pairs. Writes pairs-*.parquet (also an img2dataset\n"
+            "URL list), query_counts.parquet and crawl_stats.json to --out.\n\n"
+            "With no --input it crawls the demo web's WAT file with the demo query list (building\n"
+            "both if needed)."),
+        epilog=BEAM_HELP)
+    p.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="WARC (.warc.gz), WAT (.wat.gz) or URL lists (.parquet/.csv/.tsv/.jsonl); globs allowed")
+    p.add_argument("--queries", default=None,
+                   help="a queries directory, queries.parquet or metadata.json (default: the demo's)")
+    p.add_argument("--out", default=None, help="output directory (default: data/pairs, or data/demo/pairs)")
+    p.add_argument("--max-per-query", type=int, default=20_000,
+                   help="balancing threshold t: pairs kept per query, about (default: %(default)s)")
+    p.add_argument("--lang", default="en", help="languages to keep, comma-separated, or 'all' (default: %(default)s)")
+    p.add_argument("--min-lang-score", type=float, default=0.0, help="minimum fastText probability (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw (default: %(default)s)")
+    p.add_argument("--url-col", default=None, help="URL-list column of the image URL (default: url or URL)")
+    p.add_argument("--text-col", default=None, help="URL-list column of the text (default: caption, text or TEXT)")
+    p.add_argument("--page-url-col", default=None, help="URL-list column of the page URL (default: page_url if present)")
+    p.add_argument("--min-text-chars", type=int, default=3, help="shortest caption kept (default: %(default)s)")
+    p.add_argument("--max-text-chars", type=int, default=1024, help="longest caption kept (default: %(default)s)")
+    p.add_argument("--rows-per-file", type=int, default=250_000, help="pairs per output parquet (default: %(default)s)")
+    p.set_defaults(func=_crawl, parser=p, beam=True)
+
+
+def _crawl(a, beam_flags):
+    from clipforge.pipeline.crawl import CrawlConfig
+    from clipforge.pipeline.crawl_stage import expand_inputs, load_queries, run
+
+    inputs, queries, out, t = a.input, a.queries, a.out, a.max_per_query
+    if not inputs:
+        world = _ensure_world(DEFAULT_WORLD)
+        inputs = [str(world / "crawl" / "*.wat.gz")]
+        out = out or "data/demo/pairs"
+        if "--max-per-query" not in sys.argv:
+            t = DEMO_MAX_PER_QUERY
+        if queries is None:
+            queries = "data/demo/queries"
+            if not Path(queries, "queries.parquet").exists():
+                _queries(build_parser().parse_args(["queries"]), [])
+        print(f"crawl: the demo web's WAT file, max {t} pairs per query")
+    if queries is None:
+        raise UserError("--queries is required with --input (a queries directory, queries.parquet or metadata.json)")
+    if t < 1 or a.rows_per_file < 1 or a.min_text_chars < 0 or a.max_text_chars < a.min_text_chars:
+        raise UserError("--max-per-query and --rows-per-file must be positive, and --min-text-chars <= --max-text-chars")
+    langs = () if a.lang.strip().lower() == "all" else tuple(x.strip() for x in a.lang.split(",") if x.strip())
+    cfg = CrawlConfig(inputs=expand_inputs(inputs), queries=load_queries(queries), out=out or "data/pairs",
+                      max_per_query=t, langs=langs, min_lang_score=a.min_lang_score, seed=a.seed,
+                      url_col=a.url_col, text_col=a.text_col, page_col=a.page_url_col,
+                      min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars, rows_per_file=a.rows_per_file)
+    print(f"crawl: {len(cfg.inputs)} input part(s), {len(cfg.queries):,} queries", flush=True)
+    s = run(cfg, beam_flags)
+    top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:5])
+    print(f"crawl: {s['kept']:,} of {s['input']:,} image links kept -> {cfg.out}/pairs-*.parquet "
+          f"({top}); {s['extra']['seconds']} s")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo_generate(a):
@@ -269,7 +336,8 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"clipforge {__version__}")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _add_queries(sub)
-    for name in ("crawl", "shard", "stats", "train", "eval"):
+    _add_crawl(sub)
+    for name in ("shard", "stats", "train", "eval"):
         _add_pending(sub, name)
     _add_demo(sub)
     return p

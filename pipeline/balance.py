@@ -1,0 +1,51 @@
+"""Stable ids and CLIP/MetaCLIP balancing.
+
+A pair's ``uid`` hashes its normalised URL and its text, so the same pair found in a WARC, a
+WAT and a URL list is one pair. Balancing keeps a pair with probability
+
+    p = 1 - prod over its matched queries q of (1 - min(1, t / count(q)))
+
+where count(q) is the number of (deduplicated) pairs matching q and t the per-query cap:
+a pair of a tail query (count <= t) is always kept, a pair whose only query is a head query
+is kept with probability t / count. The draw is a hash of the seed and the uid, so the same
+input gives the same output on any runner and any number of workers.
+"""
+
+import hashlib
+from urllib.parse import urlsplit, urlunsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_url(url):
+    """Scheme and host lower-cased, default port and fragment removed; path and query kept."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    if parts.username or parts.password:
+        netloc = f"{parts.username or ''}{':' + parts.password if parts.password else ''}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def uid(url, text):
+    return hashlib.blake2b(f"{normalise_url(url)}\t{text}".encode("utf-8"), digest_size=16).hexdigest()
+
+
+def keep_probability(queries, counts, t):
+    drop = 1.0
+    for q in queries:
+        drop *= 1.0 - min(1.0, t / counts[q])
+    return 1.0 - drop
+
+
+def draw(seed, pair_uid):
+    """A uniform number in [0, 1) determined by the seed and the uid."""
+    h = hashlib.blake2b(f"{seed}:{pair_uid}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64

