@@ -1,6 +1,7 @@
 """The crawl stage as a command: resolve inputs and the query list, run the pipeline, publish
 the outputs (written aside, then moved into place) and write crawl_stats.json."""
 
+import csv
 import io
 import json
 import logging
@@ -65,6 +66,35 @@ def expand_inputs(patterns):
     return items
 
 
+def check_columns(items, url_col=None, text_col=None, page_col=None):
+    """Fail early, in one line, when a URL list lacks the columns the crawl needs."""
+    seen = set()
+    for path, fmt, _ in items:
+        if fmt in ("warc", "wat") or path in seen:
+            continue
+        seen.add(path)
+        if fmt == "parquet":
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                names = pq.ParquetFile(io.BytesIO(f.read())).schema_arrow.names
+        else:
+            with FileSystems.open(path) as raw:
+                stream = readers.text_stream(raw, path)
+                line = next((ln for ln in stream if ln.strip()), "")
+            if fmt == "jsonl":
+                try:
+                    names = list(json.loads(line))
+                except (ValueError, TypeError):
+                    raise InputError(f"--input {path}: the first line is not a JSON object") from None
+            else:
+                names = next(csv.reader([line], delimiter="," if fmt == "csv" else "\t"), [])
+        try:
+            readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
+            readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
+            readers.pick_column(names, page_col, readers.PAGE_COLUMNS, "page", path)
+        except ValueError as e:
+            raise InputError(f"--input {e}") from None
+
+
 def load_queries(path):
     """The query strings from a queries directory, a queries.parquet or a metadata.json."""
     if FileSystems.exists(FileSystems.join(path, "queries.parquet")):
@@ -86,6 +116,7 @@ def run(cfg: CrawlConfig, beam_flags=()):
     t0 = time.time()
     if not cfg.queries:
         raise InputError("the query list is empty")
+    check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col)
     tmp = FileSystems.join(cfg.out, "_tmp")
     for d in (cfg.out, tmp):
         if not FileSystems.exists(d):

@@ -102,6 +102,13 @@ def resolve(base, src):
         return src
 
 
+def _target_uri(uri):
+    """WARC-Target-URI without the angle brackets some writers (wget, WARC/1.1) put around it."""
+    if uri and uri.startswith("<") and uri.endswith(">"):
+        return uri[1:-1]
+    return uri
+
+
 def _candidate(url, text, page_url, attr, fmt, source):
     return {"url": url, "text": text, "page_url": page_url, "text_attr": attr, "input_format": fmt,
             "source_file": source}
@@ -113,7 +120,7 @@ def read_warc(stream, source, pages=None):
     try:
         for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True):
             try:
-                uri = record.headers.get("WARC-Target-URI")
+                uri = _target_uri(record.headers.get("WARC-Target-URI"))
                 http = record.http_headers
                 if http is None or not uri:
                     pages["not_http"] = pages.get("not_http", 0) + 1
@@ -151,7 +158,7 @@ def read_wat(stream, source, pages=None):
                     pages["not_html"] = pages.get("not_html", 0) + 1
                     continue
                 pages["html"] = pages.get("html", 0) + 1
-                uri = envelope["WARC-Header-Metadata"]["WARC-Target-URI"]
+                uri = _target_uri(envelope["WARC-Header-Metadata"]["WARC-Target-URI"])
                 base = html.get("Head", {}).get("Base")
                 base = urljoin(uri, base) if base else uri
                 for link in html.get("Links", ()):

@@ -56,6 +56,8 @@ CURATED_PAIR = pa.schema(
         _f("lang_score", pa.float32(), checks=("unit",), doc="fastText probability of lang"),
         _f("queries", pa.list_(pa.string()), doc="every query contained in text; at least one"),
         _f("input_format", pa.string(), checks=("input_format",), doc="wat, warc or urllist"),
+        _f("source_file", pa.string(), doc="the input file the pair was read from"),
+        _f("keep_prob", pa.float64(), checks=("unit",), doc="balancing keep probability of the pair"),
     ],
     metadata={"contract": "curated_pair", "version": "1"},
 )

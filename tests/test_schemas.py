@@ -37,7 +37,8 @@ from conftest import shared_file
 
 def curated(**kw):
     row = dict(uid="u1", url="http://127.0.0.1:8000/img/1.jpg", text="a red circle", page_url=None,
-               lang="en", lang_score=0.93, queries=["red", "circle"], input_format="wat")
+               lang="en", lang_score=0.93, queries=["red", "circle"], input_format="wat",
+               source_file="demo.wat.gz", keep_prob=1.0)
     row.update(kw)
     return row
 

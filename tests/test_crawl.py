@@ -1,0 +1,320 @@
+"""The crawl stage: readers on real archives and URL lists, caption rules, matching against a
+brute-force reference, balancing against its formula, determinism, and damaged input."""
+
+import gzip
+import io
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from clipforge.pipeline import balance, captions, readers
+from clipforge.pipeline.crawl import CrawlConfig
+from clipforge.pipeline.crawl_stage import expand_inputs, load_queries, run
+from clipforge.pipeline.langid import LanguageID
+from clipforge.pipeline.matching import Matcher, spaced
+from clipforge.queries.pipeline import QueriesConfig
+from clipforge.queries.stage import run as run_queries
+from clipforge.schemas import CURATED_PAIR
+from clipforge.schemas.files import read_stats
+from clipforge.schemas.validate import validate_parquet
+
+from conftest import shared_file
+
+CLI = str(Path(sys.executable).with_name("clipforge"))
+
+
+def pairs_of(out):
+    rows = []
+    for f in sorted(Path(out).glob("pairs-*.parquet")):
+        assert validate_parquet(f, CURATED_PAIR) >= 0
+        rows += pq.read_table(f).to_pylist()
+    return rows
+
+
+# --- captions, matching, balancing: the functional core ------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [
+    ("  a red&nbsp;circle &amp; a\tsquare ", ("a red circle & a square", None)),
+    ("a red circle â€“ free clip art", ("a red circle – free clip art", None)),
+    ("caf\u00c3\u00a9 table", ("café table", None)),
+    ("zero\u200bwidth", ("zerowidth", None)),
+    ("", (None, "no_text")), ("   ", (None, "no_text")), ("ab", (None, "text_too_short")),
+    ("x" * 1025, (None, "text_too_long")),
+    ("IMG_0042.jpg", (None, "text_file_name")), ("kyle_lo_profile.jpg", (None, "text_file_name")),
+    ("DSC01234", (None, "text_file_name")), ("spacer.gif", (None, "text_file_name")),
+    ("12345", (None, "text_number")), ("2019-05-01", (None, "text_number")),
+    ("logo", (None, "text_boilerplate")), ("Image", (None, "text_boilerplate")),
+    ("untitled-12", (None, "text_boilerplate")), ("an image", (None, "text_boilerplate")),
+    ("logo of a red star", ("logo of a red star", None)), ("photo of a dog", ("photo of a dog", None)),
+])
+def test_caption_rules(raw, expected):
+    assert captions.clean(raw) == expected
+
+
+def test_matching_semantics():
+    m = Matcher(["red", "red circle", "Circle", "U.S.", "kid's", "polka dot"])
+    assert m.match("a red circle, on white.") == ["red", "red circle"]
+    assert m.match("Red circle") == []  # case-sensitive
+    assert m.match("reddish circles") == []  # word boundaries
+    assert m.match("red:red;red?") == ["red"]
+    assert m.match('"red" (circle)') == []  # quotes and brackets are not spaced
+    assert m.match("my kid's Circle!") == ["Circle", "kid's"]
+    assert m.match("the U.S. flag") == []  # MetaCLIP quirk: '.' is spaced in the text, not in entries
+    assert m.match("polka\tdot") == ["polka dot"]
+    assert spaced("a,b") == " a , b "
+    assert Matcher([]).match("anything") == []
+
+
+def brute_force(queries, text):
+    s = spaced(text)
+    return sorted({q for q in queries if f" {q} " in s})
+
+
+def test_matching_equals_brute_force_on_real_captions(world_dir):
+    laion = pq.read_table(shared_file("pairs/laion-style-1000.parquet")).column("TEXT").to_pylist()
+    demo = [t["text"] for t in pq.read_table(world_dir / "truth.parquet").to_pylist()]
+    texts = [t for t in laion + demo if t]
+    words = Counter(w for t in texts for w in t.split())
+    queries = sorted(w for w, c in words.items() if c >= 3) + ["red circle", "polka dot", "New York", "T-shirt"]
+    m = Matcher(queries)
+    matched = 0
+    for t in texts:
+        got = m.match(t)
+        assert got == brute_force(queries, t), t
+        matched += bool(got)
+    assert matched > len(texts) // 2
+
+
+def test_keep_probability_and_draw():
+    counts = {"head": 1000, "tail": 10, "mid": 400}
+    assert balance.keep_probability(["tail"], counts, 100) == 1.0
+    assert balance.keep_probability(["head"], counts, 100) == pytest.approx(0.1)
+    assert balance.keep_probability(["head", "mid"], counts, 100) == pytest.approx(1 - 0.9 * 0.75)
+    draws = [balance.draw(7, f"uid{i}") for i in range(20000)]
+    assert draws == [balance.draw(7, f"uid{i}") for i in range(20000)]
+    assert abs(sum(d < 0.3 for d in draws) / 20000 - 0.3) < 0.02
+    assert balance.draw(7, "x") != balance.draw(8, "x")
+
+
+def test_uid_normalises_the_url():
+    a = balance.uid("HTTP://Example.COM:80/a/b.jpg#frag", "a red circle")
+    assert a == balance.uid("http://example.com/a/b.jpg", "a red circle")
+    assert a != balance.uid("http://example.com/a/B.jpg", "a red circle")
+    assert a != balance.uid("http://example.com/a/b.jpg?x=1", "a red circle")
+    assert a != balance.uid("http://example.com/a/b.jpg", "a red circle!")
+    assert balance.uid("https://e.com:8443/x", "t") != balance.uid("https://e.com/x", "t")
+
+
+def test_langid_on_real_text():
+    lid = LanguageID()
+    assert lid.predict("a red circle on a white background")[0] == "en"
+    assert lid.predict("ein roter Kreis auf weißem Hintergrund")[0] == "de"
+    assert lid.predict("☆☆☆") == ("und", 0.0) or lid.predict("☆☆☆")[1] <= 1.0
+    got = lid.predict_many(["un cercle rouge sur fond blanc", "un círculo de color rojo"])
+    assert [g[0] for g in got] == ["fr", "es"]
+
+
+# --- readers on real files ------------------------------------------------------------------------
+
+def read_all(path, fmt):
+    with open(path, "rb") as f:
+        reader = readers.read_warc if fmt == "warc" else readers.read_wat
+        return list(reader(f, str(path)))
+
+
+def test_real_wget_warc_resolves_relative_src_and_keeps_file_name_alts():
+    cands = read_all(shared_file("web/dolma-sample-0000.warc.gz"), "warc")
+    assert not any(isinstance(c, readers.Unreadable) for c in cands)
+    with_text = [c for c in cands if c["text"].strip()]
+    assert sum(c["text_attr"] == "alt" for c in with_text) == 169  # the sample's README: 169 non-empty alts
+    assert all(c["page_url"].startswith("http") for c in cands)  # wget's <...> around the URI removed
+    assert all(c["url"].startswith(("http://", "https://", "data:")) for c in cands)
+    relative_targets = [c for c in cands if c["url"].endswith(("/alt.webp", "/me-512.webp"))]
+    assert relative_targets and all(c["url"].split("/")[2] == c["page_url"].split("/")[2] for c in relative_targets)
+    reasons = Counter(captions.clean(c["text"])[1] for c in with_text)
+    assert reasons["text_file_name"] >= 1  # e.g. kyle_lo_profile.jpg
+
+
+def test_real_common_crawl_slice_decodes_legacy_charsets():
+    cands = read_all(shared_file("web/cc-main-2020-34-slice.warc.gz"), "warc")
+    texts = [c["text"] for c in cands if c["text"].strip()]
+    assert len(texts) >= 25
+    assert not any("\ufffd" in t for t in texts)
+    assert any(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts)  # Chinese from gb2312/gbk pages
+    assert any(any("\u0400" <= ch <= "\u04ff" for ch in t) for t in texts)  # Russian from windows-1251 pages
+
+
+def test_decode_html_priorities():
+    body = '<html><head><meta charset="windows-1251"></head><body>Привет</body></html>'.encode("cp1251")
+    assert readers.decode_html(body, "text/html")[1] == "cp1251"
+    assert "Привет" in readers.decode_html(body, "text/html")[0]
+    assert readers.decode_html(body, "text/html; charset=utf-8")[1] == "utf-8"  # the header wins
+    assert readers.decode_html(b"\xef\xbb\xbfhi", "text/html; charset=cp1251") == ("hi", "utf-8")  # BOM wins
+    assert readers.decode_html("é".encode("latin-1"), "text/html; charset=ISO-8859-1")[1] == "cp1252"
+
+
+def test_html_images_base_title_and_lazy_src():
+    html = ('<html><head><base href="/static/"></head><body><img src="a.jpg" alt="A">'
+            '<img src="//cdn.x.org/b.png" title="B title"><img data-src="c.jpg" src="data:image/gif;base64,R0">'
+            '<img src="d.jpg"><img src="" alt="empty src"></body></html>')
+    got = readers.html_images(html, "http://x.org/page/index.html")
+    assert got == [("http://x.org/static/a.jpg", "A", "alt"), ("http://cdn.x.org/b.png", "B title", "title"),
+                   ("http://x.org/static/c.jpg", "", "none"), ("http://x.org/static/d.jpg", "", "none")]
+
+
+def test_laion_style_list_autodetects_columns(tmp_path):
+    items = expand_inputs([str(shared_file("pairs/laion-style-1000.parquet"))])
+    assert items and all(fmt == "parquet" for _, fmt, _ in items)
+    cfg = CrawlConfig(inputs=items, queries=["a", "the", "of"], out=str(tmp_path / "o"), langs=())
+    s = run(cfg, ["--direct_num_workers=1"])
+    assert s["input"] == 1000 and s["kept"] > 150 and s["dropped"]["no_query_match"] > 300
+    rows = pairs_of(tmp_path / "o")
+    assert all(r["input_format"] == "urllist" and r["page_url"] is None for r in rows)
+
+
+# --- the pipeline on the demo web -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_queries(world_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("queries")
+    run_queries(QueriesConfig(wiki=[str(world_dir / "wiki" / "*.bz2")], wordnet=[str(world_dir / "wordnet" / "*")],
+                              pageviews=[str(world_dir / "pageviews" / "*.gz")], out=str(out), min_count=20,
+                              min_pmi=2.0), ["--direct_num_workers=1"])
+    return load_queries(str(out))
+
+
+def test_three_forms_of_the_same_pages_give_the_same_pairs(world_dir, demo_queries, tmp_path):
+    results = {}
+    for fmt, pattern in (("warc", "crawl/*.warc.gz"), ("wat", "crawl/*.wat.gz"), ("urllist", "crawl/urls.parquet")):
+        cfg = CrawlConfig(inputs=expand_inputs([str(world_dir / pattern)]), queries=demo_queries,
+                          out=str(tmp_path / fmt))
+        stats = run(cfg, ["--direct_num_workers=2"])
+        rows = pairs_of(tmp_path / fmt)
+        assert len(rows) == stats["kept"] > 0
+        results[fmt] = {(r["uid"], r["url"], r["text"], r["page_url"], r["lang"], tuple(r["queries"])) for r in rows}
+        assert all(r["input_format"] == fmt for r in rows)
+    assert results["warc"] == results["wat"] == results["urllist"]
+    # relative, root-relative, protocol-relative and <base> srcs all came back as absolute URLs
+    truth = {(t["url"], t["page_url"]) for t in pq.read_table(world_dir / "truth.parquet").to_pylist()}
+    assert {(r[1], r[3]) for r in results["wat"]} <= truth
+
+
+def test_funnel_buckets_on_the_demo_web(world_dir, demo_queries, tmp_path):
+    cfg = CrawlConfig(inputs=expand_inputs([str(world_dir / "crawl" / "*.warc.gz"),
+                                            str(world_dir / "crawl" / "*.wat.gz")]),
+                      queries=demo_queries, out=str(tmp_path / "o"))
+    s = run(cfg, ["--direct_num_workers=2"])
+    assert s == read_stats(tmp_path / "o" / "crawl_stats.json") | {"extra": s["extra"]}
+    assert s["kept"] + sum(s["dropped"].values()) == s["input"]
+    truth = pq.read_table(world_dir / "truth.parquet").to_pylist()
+    # the same links in two forms: every kept pair of one form is a duplicate in the other
+    assert s["dropped"]["duplicate"] == s["kept"]
+    assert s["input"] == 2 * len(truth) + 2 * s["dropped"].get("bad_url_scheme", 0) // 2
+    for reason in ("lang_not_wanted", "text_file_name", "text_boilerplate", "no_text"):
+        assert s["dropped"][reason] > 0, reason
+    kept = pairs_of(tmp_path / "o")
+    assert all(r["lang"] == "en" and r["queries"] for r in kept)
+
+
+@pytest.fixture(scope="module")
+def synthetic_list(tmp_path_factory):
+    """A URL list whose balancing outcome is known: 'zebra' alone 400 times, 'lion' alone 60
+    times, 'zebra lion' together 40 times."""
+    d = tmp_path_factory.mktemp("synthetic")
+    rows = [{"url": f"http://127.0.0.1/z/{i}.jpg", "caption": f"a zebra number {i}"} for i in range(400)]
+    rows += [{"url": f"http://127.0.0.1/l/{i}.jpg", "caption": f"one lion standing {i}"} for i in range(60)]
+    rows += [{"url": f"http://127.0.0.1/zl/{i}.jpg", "caption": f"a zebra and a lion {i}"} for i in range(40)]
+    rows += [rows[0], rows[1]]  # exact duplicates
+    with open(d / "list.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.write("{this line is garbage\n")
+    return d / "list.jsonl"
+
+
+def test_balancing_follows_its_formula(synthetic_list, tmp_path):
+    t = 100
+    cfg = CrawlConfig(inputs=expand_inputs([str(synthetic_list)]), queries=["zebra", "lion"], out=str(tmp_path / "o"),
+                      max_per_query=t, langs=(), seed=3)
+    s = run(cfg, ["--direct_num_workers=2"])
+    assert s["input"] == 503 and s["dropped"]["duplicate"] == 2 and s["dropped"]["unreadable_record"] == 1
+    counts = {r["query"]: r for r in pq.read_table(tmp_path / "o" / "query_counts.parquet").to_pylist()}
+    assert counts["zebra"]["matches"] == 440 and counts["lion"]["matches"] == 100
+    rows = pairs_of(tmp_path / "o")
+    for r in rows:  # the stored probability is the formula, recomputed from query_counts.parquet
+        expected = 1 - math.prod(1 - min(1, t / counts[q]["matches"]) for q in r["queries"])
+        assert r["keep_prob"] == pytest.approx(expected)
+    only_zebra = [r for r in rows if r["queries"] == ["zebra"]]
+    # 'zebra' alone: kept with p = 100/440 each; about 400 * 100/440 = 91, binomial sd ~8.4
+    assert abs(len(only_zebra) - 400 * t / 440) < 4 * math.sqrt(400 * (t / 440) * (1 - t / 440))
+    assert sum(r["queries"] == ["lion"] for r in rows) == 60  # a tail query keeps everything
+    expected_total = 400 * t / 440 + 60 + 40 * 1.0
+    assert abs(s["kept"] - expected_total) < 4 * math.sqrt(400 * (t / 440) * (1 - t / 440))
+    assert counts["zebra"]["kept"] == sum("zebra" in r["queries"] for r in rows)
+
+
+def test_same_output_on_any_worker_count_and_the_portable_runner(synthetic_list, world_dir, tmp_path):
+    inputs = expand_inputs([str(synthetic_list), str(world_dir / "crawl" / "*.wat.gz")])
+    outs = {}
+    for name, flags in (("one", ["--direct_num_workers=1"]), ("two", ["--direct_num_workers=2"]),
+                        ("portable", ["--runner=PortableRunner", "--job_endpoint=embed",
+                                      "--environment_type=LOOPBACK"])):
+        cfg = CrawlConfig(inputs=inputs, queries=["zebra", "lion", "red", "circle", "a"], out=str(tmp_path / name),
+                          max_per_query=50, langs=("en",), rows_per_file=100)
+        run(cfg, flags)
+        outs[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.parquet"))}
+    assert len(outs["one"]) > 2  # several pairs files
+    assert outs["one"] == outs["two"] == outs["portable"]
+
+
+def test_damaged_archives_are_counted_not_fatal(world_dir, tmp_path):
+    data = (world_dir / "crawl" / "demo-00000.warc.gz").read_bytes()
+    members, pos = [], 0
+    d = __import__("zlib").decompressobj(31)
+    while pos < len(data):  # split the file into its gzip members
+        d = __import__("zlib").decompressobj(31)
+        d.decompress(data[pos:])
+        end = len(data) - len(d.unused_data)
+        members.append(data[pos:end])
+        pos = end
+    assert len(members) > 10
+    broken = bytearray(members[6])
+    broken[len(broken) // 2: len(broken) // 2 + 40] = b"\x00" * 40  # a broken gzip member mid-file
+    malformed = gzip.compress(b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: nonsense\r\n\r\n")
+    damaged = b"".join(members[:6]) + bytes(broken) + malformed + b"".join(members[7:])
+    (tmp_path / "damaged.warc.gz").write_bytes(damaged)
+    cfg = CrawlConfig(inputs=expand_inputs([str(tmp_path / "damaged.warc.gz")]), queries=["red", "circle"],
+                      out=str(tmp_path / "o"))
+    s = run(cfg, ["--direct_num_workers=1"])
+    assert s["dropped"]["unreadable_record"] >= 1
+    assert s["kept"] + sum(s["dropped"].values()) == s["input"]
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path, world_dir):
+    (tmp_path / "list.csv").write_text("link,words\nhttp://127.0.0.1/a.jpg,a red circle\n")
+    (tmp_path / "q.json").write_text('["red"]')
+    for args, message in [
+        (["--input", "nope-*.warc.gz", "--queries", "q.json"], "no such file"),
+        (["--input", "list.csv", "--queries", "q.json"], "no url column"),
+        (["--input", "list.csv", "--queries", "q.json", "--url-col", "link", "--text-col", "text"], "no column 'text'"),
+        (["--input", "notes.doc", "--queries", "q.json"], "no such file"),
+        (["--input", str(world_dir / "manifest.json"), "--queries", "q.json"], "not a JSON object"),
+        (["--input", str(world_dir / "routes.json"), "--queries", "q.json"], "not a JSON object"),
+        (["--input", "list.csv"], "--queries is required"),
+        (["--input", "list.csv", "--queries", "missing-dir"], "no such file or directory"),
+    ]:
+        r = subprocess.run([CLI, "crawl", *args, "--out", "o"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+        assert r.returncode != 0, args
+        assert message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+    r = subprocess.run([CLI, "crawl", "--input", "list.csv", "--queries", "q.json", "--url-col", "link",
+                        "--text-col", "words", "--out", "o", "--lang", "all"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert pairs_of(tmp_path / "o")[0]["text"] == "a red circle"
