@@ -12,14 +12,27 @@ input gives the same output on any runner and any number of workers.
 """
 
 import hashlib
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+_SIMPLE = re.compile(r"^(https?)://([A-Za-z0-9.-]+)(?::(\d+))?([/?][^#]*)?(?:#.*)?$", re.IGNORECASE)
+
+
 def normalise_url(url):
     """Scheme and host lower-cased, default port and fragment removed; path and query kept."""
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    m = _SIMPLE.match(url)
+    if m:  # the common case, without urllib's full parse
+        scheme, host, port, rest = m.group(1).lower(), m.group(2).lower(), m.group(3), m.group(4) or "/"
+        if port is not None and int(port) != _DEFAULT_PORTS[scheme]:
+            host = f"{host}:{int(port)}"
+        if rest.startswith("?"):
+            rest = "/" + rest
+        return f"{scheme}://{host}{rest}"
+    parts = urlsplit(url)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:

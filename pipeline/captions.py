@@ -12,6 +12,7 @@ import re
 import unicodedata
 
 import ftfy
+from ftfy.badness import is_bad
 
 MIN_CHARS = 3
 MAX_CHARS = 1024
@@ -36,7 +37,10 @@ def normalise(text):
     if "&" in text:
         text = html.unescape(text)
     if not text.isascii():
-        text = ftfy.fix_text(text, normalization="NFC")
+        if is_bad(text):  # ftfy's own quick test for mojibake; fixing is the slow part
+            text = ftfy.fix_text(text, normalization="NFC")
+        else:
+            text = unicodedata.normalize("NFC", text)
         text = text.translate(_INVISIBLE)
     text = _CONTROL.sub(" ", text)
     return _SPACE.sub(" ", text).strip()

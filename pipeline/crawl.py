@@ -13,8 +13,8 @@ Every candidate ends in exactly one bucket of ``crawl_stats.json``: kept, or one
 import functools
 import io
 import math
+import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import apache_beam as beam
 import pyarrow as pa
@@ -109,46 +109,74 @@ def _local(path):
     return "://" not in path
 
 
+class TextFilter:
+    """The text stage, a plain object: candidate -> curated pair dict, or a drop reason.
+
+    URL check, caption cleaning, language identification (lid.176), query matching. Web alt
+    texts repeat a lot (site boilerplate, product names, templated captions), so the outcome
+    for the last ``cache_size`` distinct raw texts is remembered.
+    """
+
+    def __init__(self, queries, langs=("en",), min_lang_score=0.0, min_chars=captions.MIN_CHARS,
+                 max_chars=captions.MAX_CHARS, cache_size=100_000):
+        self.langs, self.min_lang_score = frozenset(langs), min_lang_score
+        self.min_chars, self.max_chars = min_chars, max_chars
+        self.lid = LanguageID()
+        self.matcher = Matcher(queries)
+        self.cache, self.cache_size = {}, cache_size
+
+    def __call__(self, c):
+        url = c["url"]
+        m = _URL.match(url)
+        if m is None:
+            return "bad_url_scheme" if not _HTTP.match(url) else "invalid_url"
+        raw = c["text"]
+        known = self.cache.get(raw)
+        if known is None:
+            text, reason = captions.clean(raw, self.min_chars, self.max_chars)
+            if reason:
+                known = (None, reason, None, None, None)
+            else:
+                lang, score = self.lid.predict(text)
+                wanted = (not self.langs or lang in self.langs) and score >= self.min_lang_score
+                known = (text, None, lang, score, self.matcher.match(text) if wanted else None)
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            self.cache[raw] = known
+        text, reason, lang, score, matched = known
+        if reason:
+            return reason
+        if matched is None:
+            return "lang_not_wanted"
+        if not matched:
+            return "no_query_match"
+        return {"uid": balance.uid(url, text), "url": url, "text": text, "page_url": c["page_url"], "lang": lang,
+                "lang_score": score, "queries": matched, "input_format": c["input_format"],
+                "source_file": c["source_file"]}
+
+
+# An absolute http(s) URL with a host and no whitespace; anything else is dropped.
+_HTTP = re.compile(r"^https?:", re.IGNORECASE)
+_URL = re.compile(r"^https?://(?:[^\s/?#@]*@)?(?:[^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?:[/?#]\S*)?$",
+                  re.IGNORECASE)
+
+
 class CleanIdentifyMatch(beam.DoFn):
     """Candidate -> curated pair (without balancing) or a counted drop."""
 
     def __init__(self, queries, langs, min_lang_score, min_chars, max_chars):
-        self.queries, self.langs = queries, frozenset(langs)
-        self.min_lang_score, self.min_chars, self.max_chars = min_lang_score, min_chars, max_chars
+        self.args = (queries, langs, min_lang_score, min_chars, max_chars)
 
     def setup(self):
-        self.lid = LanguageID()
-        self.matcher = Matcher(self.queries)
+        self.text_filter = TextFilter(*self.args)
 
     def process(self, c):
-        url = c["url"]
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme not in ("http", "https"):
-            _drop("bad_url_scheme")
+        out = self.text_filter(c)
+        if isinstance(out, str):
+            _drop(out)
             return
-        try:
-            host = urlsplit(url).hostname
-        except ValueError:
-            host = None
-        if not host or any(ch.isspace() for ch in url):
-            _drop("invalid_url")
-            return
-        text, reason = captions.clean(c["text"], self.min_chars, self.max_chars)
-        if reason:
-            _drop(reason)
-            return
-        lang, score = self.lid.predict(text)
-        if (self.langs and lang not in self.langs) or score < self.min_lang_score:
-            _drop("lang_not_wanted")
-            return
-        matched = self.matcher.match(text)
-        if not matched:
-            _drop("no_query_match")
-            return
-        _counter(f"lang_{lang}").inc()
-        yield {"uid": balance.uid(url, text), "url": url, "text": text, "page_url": c["page_url"], "lang": lang,
-               "lang_score": score, "queries": matched, "input_format": c["input_format"],
-               "source_file": c["source_file"]}
+        _counter(f"lang_{out['lang']}").inc()
+        yield out
 
 
 _FORMAT_ORDER = {"warc": 0, "wat": 1, "urllist": 2}
