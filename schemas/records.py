@@ -65,7 +65,7 @@ CURATED_PAIR = pa.schema(
 # KEY.json inside a shard tar. KEY.jpg is the encoded image, KEY.txt the caption (UTF-8).
 SHARD_SAMPLE = pa.schema(
     [
-        _f("key", pa.string(), checks=("key",), doc="WebDataset key: NNNNNNNNN, shard index then position"),
+        _f("key", pa.string(), checks=("key",), doc="WebDataset key: 12 digits, shard index then position"),
         _f("uid", pa.string(), checks=("nonempty",), doc="the pair's uid"),
         _f("url", pa.string(), checks=("http_url",), doc="where the image was fetched from (before redirects)"),
         _f("text", pa.string(), checks=("nonempty",), doc="caption, identical to KEY.txt"),
@@ -81,14 +81,28 @@ SHARD_SAMPLE = pa.schema(
     metadata={"contract": "shard_sample", "version": "1"},
 )
 
-# shards/NNNNNN.parquet: one row per sample of NNNNNN.tar, in tar order.
+# shards/NNNNNN.parquet: one row per pair attempted for NNNNNN.tar, in key order; the rows
+# whose status is "success" are exactly the tar's samples, in tar order.
 SHARD_INDEX = pa.schema(
-    list(SHARD_SAMPLE)
-    + [
+    [
+        _f("key", pa.string(), checks=("key",), doc="the sample's key (also for failures)"),
+        _f("uid", pa.string(), checks=("nonempty",)),
+        _f("url", pa.string(), doc="the pair's URL as given"),
+        _f("text", pa.string()),
+        _f("page_url", pa.string(), nullable=True),
+        _f("lang", pa.string(), nullable=True),
+        _f("queries", pa.list_(pa.string()), nullable=True),
+        _f("status", pa.string(), checks=("nonempty",), doc="success, or the reason the pair has no sample"),
+        _f("error", pa.string(), nullable=True, doc="detail of a failure"),
+        _f("original_width", pa.int32(), nullable=True, checks=("positive",)),
+        _f("original_height", pa.int32(), nullable=True, checks=("positive",)),
+        _f("width", pa.int32(), nullable=True, checks=("positive",)),
+        _f("height", pa.int32(), nullable=True, checks=("positive",)),
+        _f("sha256", pa.string(), nullable=True, checks=("hex64",)),
+        _f("jpg_bytes", pa.int64(), nullable=True, checks=("positive",)),
         _f("shard", pa.string(), doc="the tar's basename, e.g. 000000.tar"),
-        _f("jpg_bytes", pa.int64(), checks=("positive",), doc="size of KEY.jpg in bytes"),
     ],
-    metadata={"contract": "shard_index", "version": "1"},
+    metadata={"contract": "shard_index", "version": "2"},
 )
 
 SCHEMAS = {

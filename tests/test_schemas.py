@@ -66,7 +66,11 @@ def test_good_records_pass_every_schema():
     assert t.schema == CURATED_PAIR and t.num_rows == 2
     jpg = jpeg_bytes()
     validate_records([sample_meta("000000000", jpg)], SHARD_SAMPLE)
-    validate_records([dict(sample_meta("000000000", jpg), shard="000000.tar", jpg_bytes=len(jpg))], SHARD_INDEX)
+    validate_records([dict(sample_meta("000000000", jpg), shard="000000.tar", jpg_bytes=len(jpg), status="success",
+                           error=None)], SHARD_INDEX)
+    failed = dict(sample_meta("000000001", jpg), shard="000000.tar", jpg_bytes=None, status="http_404",
+                  error="HTTP 404", original_width=None, original_height=None, width=None, height=None, sha256=None)
+    validate_records([failed], SHARD_INDEX)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -208,7 +212,7 @@ def write_shard(dir_, name, samples, index=True):
             jpg = jpeg_bytes(colour)
             meta = sample_meta(key, jpg, text)
             sink.write({"__key__": key, "jpg": jpg, "txt": text, "json": json.dumps(meta).encode()})
-            metas.append(dict(meta, shard=name, jpg_bytes=len(jpg)))
+            metas.append(dict(meta, shard=name, jpg_bytes=len(jpg), status="success", error=None))
     if index:
         pq.write_table(pa.Table.from_pylist(metas, schema=SHARD_INDEX), dir_ / name.replace(".tar", ".parquet"))
     return metas

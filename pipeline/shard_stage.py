@@ -1,0 +1,143 @@
+"""The shard stage as a command: find the pairs, run the pipeline, then finish the shard set:
+drop duplicate images across shards, write sizes.json and shard_stats.json."""
+
+import io
+import json
+import logging
+import os
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from clipforge.pipeline import readers
+from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
+from clipforge.pipeline.shard import ShardConfig, build
+from clipforge.schemas.files import Funnel, write_sizes
+from clipforge.schemas.records import SHARD_INDEX
+from clipforge.schemas.validate import read_tar_samples
+
+log = logging.getLogger("clipforge.shard")
+
+
+class InputError(ValueError):
+    pass
+
+
+def expand_pairs(patterns, url_col=None, text_col=None):
+    """(path, row group) work items and the number of pairs, from directories or parquet files."""
+    items, total = [], 0
+    for pattern in patterns:
+        if FileSystems.exists(pattern) and not pattern.endswith(".parquet"):
+            pattern = FileSystems.join(pattern, "pairs-*.parquet")
+        try:
+            found = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        except Exception as e:
+            raise InputError(f"--pairs {pattern}: {e}") from None
+        if not found:
+            raise InputError(f"--pairs {pattern}: no parquet files")
+        for path in found:
+            try:
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    pf = pq.ParquetFile(io.BytesIO(f.read()))
+            except Exception as e:
+                raise InputError(f"--pairs {path}: not a readable parquet file ({e})") from None
+            names = pf.schema_arrow.names
+            try:
+                readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
+                readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
+            except ValueError as e:
+                raise InputError(f"--pairs {e}") from None
+            items.extend((path, g) for g in range(pf.metadata.num_row_groups))
+            total += pf.metadata.num_rows
+    return items, total
+
+
+def run(cfg: ShardConfig, n_pairs, beam_flags=()):
+    t0 = time.time()
+    if not FileSystems.exists(cfg.out):
+        FileSystems.mkdirs(cfg.out)
+    _remove_leftovers(cfg.out)
+    p = make_pipeline(list(beam_flags))
+    build(p, cfg, n_pairs)
+    result = run_pipeline(p)
+    c = counters(result)
+    stats = finish(cfg.out)
+    stats["extra"].update(shards_written=c.get("shards_written", 0), shards_reused=c.get("shards_reused", 0),
+                          seconds=round(time.time() - t0, 2), settings=_settings(cfg))
+    with FileSystems.create(FileSystems.join(cfg.out, "shard_stats.json")) as f:
+        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    return stats
+
+
+def _settings(cfg):
+    i = cfg.image
+    return {"image_size": i.image_size, "resize_mode": i.resize_mode, "min_size": i.min_size,
+            "max_aspect_ratio": i.max_aspect_ratio, "max_pixels": i.max_pixels, "samples_per_shard": cfg.samples_per_shard,
+            "seed": cfg.seed, "threads": cfg.threads, "per_host": cfg.per_host, "deadline": cfg.deadline,
+            "max_bytes": cfg.max_bytes, "allow_private_hosts": cfg.allow_private, "respect_noai": cfg.respect_noai}
+
+
+def _remove_leftovers(out):
+    """Temporary files of a run that was killed: their shards are redone."""
+    if "://" in out:
+        return
+    for name in os.listdir(out):
+        if ".tmp" in name:
+            os.unlink(os.path.join(out, name))
+
+
+def finish(out):
+    """Drop duplicate images across shards (the smallest uid keeps its sample), write sizes.json,
+    and return the funnel computed from the shard indexes (so a resumed run counts the same)."""
+    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(out, "[0-9]*.parquet")])[0].metadata_list)
+    tables = {p: pq.read_table(p) for p in paths}
+    owner = {}
+    for path, t in tables.items():
+        for uid, sha, status in zip(t["uid"].to_pylist(), t["sha256"].to_pylist(), t["status"].to_pylist()):
+            if status == "success" and (sha not in owner or uid < owner[sha]):
+                owner[sha] = uid
+    sizes, funnel = {}, Funnel("shard", unit="pair")
+    for path, t in tables.items():
+        rows = t.to_pylist()
+        losers = {r["key"] for r in rows if r["status"] == "success" and owner[r["sha256"]] != r["uid"]}
+        tar = path[: -len(".parquet")] + ".tar"
+        if losers:
+            _rewrite_without(tar, losers)
+            for r in rows:
+                if r["key"] in losers:
+                    r.update(status="duplicate_image", error=f"same image as uid {owner[r['sha256']]}")
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_INDEX), buf, compression="zstd")
+            with FileSystems.create(path + ".tmp") as f:
+                f.write(buf.getvalue())
+            FileSystems.rename([path + ".tmp"], [path])
+        statuses = Counter(r["status"] for r in rows)
+        funnel.add_input(len(rows))
+        funnel.keep(statuses.pop("success", 0))
+        for reason, n in statuses.items():
+            funnel.drop(reason, n)
+        sizes[os.path.basename(tar)] = sum(r["status"] == "success" for r in rows)
+    write_sizes(os.path.join(out, "sizes.json"), sizes) if "://" not in out else _write_remote_sizes(out, sizes)
+    funnel.extra = {"shards": len(sizes), "samples": sum(sizes.values()),
+                    "tar_bytes": sum(FileSystems.match([FileSystems.join(out, n)])[0].metadata_list[0].size_in_bytes
+                                     for n in sizes)}
+    return funnel.to_dict()
+
+
+def _write_remote_sizes(out, sizes):
+    with FileSystems.create(FileSystems.join(out, "sizes.json")) as f:
+        f.write(json.dumps(dict(sorted(sizes.items())), indent=1).encode())
+
+
+def _rewrite_without(tar, keys):
+    tmp = tar + ".tmp"
+    with wds.TarWriter(tmp) as sink:
+        for sample in read_tar_samples(tar):
+            if sample["__key__"] not in keys:
+                sink.write(sample)
+    os.replace(tmp, tar)
