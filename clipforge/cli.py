@@ -46,9 +46,6 @@ def _formatter(prog):
 # --- stages not built yet ---------------------------------------------------------------------
 
 _PENDING = {
-    "shard": ("fetch images safely and pack them as WebDataset tar shards",
-              "Fetches every pair's image over HTTP with byte caps, deadlines and an SSRF guard,\n"
-              "resizes it and writes NNNNNN.tar, NNNNNN.parquet, sizes.json and shard_stats.json.", 5),
     "train": ("contrastive CLIP pretraining on WebDataset shards (CPU, one GPU, or torchrun)",
               "Streams shards, trains a CLIP model (ViT or ResNet image tower, Transformer text\n"
               "tower) and writes checkpoints and metrics.jsonl to a run directory.", 6),
@@ -232,6 +229,94 @@ def _crawl(a, beam_flags):
     return 0
 
 
+# --- shard ------------------------------------------------------------------------------------
+
+def _add_shard(sub):
+    p = sub.add_parser(
+        "shard", help="fetch the pairs' images safely and pack them as WebDataset tar shards",
+        formatter_class=_formatter, description=(
+            "Fetch every pair's image (many requests per worker, connection reuse, timeouts, an\n"
+            "overall deadline, a byte cap, bounded redirects, retries for transient errors, a\n"
+            "per-host limit, X-Robots-Tag noai respected, private addresses refused), check it\n"
+            "(pixel cap before decoding, minimum size, aspect ratio), resize it, and write\n"
+            "NNNNNN.tar (KEY.jpg, KEY.txt, KEY.json), NNNNNN.parquet (every pair with its status),\n"
+            "sizes.json and shard_stats.json. A rerun resumes: finished shards are kept.\n\n"
+            "With no --pairs it shards the demo web's pairs, serving the demo web meanwhile."),
+        epilog=BEAM_HELP)
+    p.add_argument("--pairs", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="pairs directories (pairs-*.parquet) or parquet files with url and text columns")
+    p.add_argument("--out", default=None, help="output directory (default: data/shards, or data/demo/shards)")
+    i = p.add_argument_group("images")
+    i.add_argument("--image-size", type=int, default=256, help="target size in pixels (default: %(default)s; demo 64)")
+    i.add_argument("--resize-mode", choices=("keep_ratio", "center_crop", "no"), default="keep_ratio",
+                   help="keep_ratio: shorter side to --image-size; center_crop: square; no: re-encode only")
+    i.add_argument("--min-size", type=int, default=32, help="drop images whose shorter side is smaller (default: 32)")
+    i.add_argument("--max-aspect-ratio", type=float, default=10.0, help="drop longer/shorter above this (default: 10)")
+    i.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="refuse images with more pixels, read from the header (default: 50,000,000)")
+    i.add_argument("--samples-per-shard", type=int, default=10_000, help="pairs per shard, about (default: 10,000)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards (default: 0)")
+    f = p.add_argument_group("fetching")
+    f.add_argument("--threads", type=int, default=32, help="concurrent requests per worker (default: 32)")
+    f.add_argument("--per-host", type=int, default=16, help="concurrent requests per host and worker (default: 16)")
+    f.add_argument("--timeout", type=float, default=10.0, help="connect and read timeout, seconds (default: 10)")
+    f.add_argument("--deadline", type=float, default=20.0, help="overall time per image, seconds (default: 20)")
+    f.add_argument("--max-bytes", type=int, default=20 << 20, help="byte cap per image (default: 20 MiB)")
+    f.add_argument("--retries", type=int, default=2, help="retries of transient failures (default: 2)")
+    f.add_argument("--user-agent", default=None, help="User-Agent header (default: clipforge's, with a URL)")
+    f.add_argument("--allow-private-hosts", action="store_true",
+                   help="allow loopback and private addresses (the demo web and tests need it)")
+    f.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai")
+    p.add_argument("--url-col", default=None, help="column of the image URL (default: url or URL)")
+    p.add_argument("--text-col", default=None, help="column of the caption (default: text, caption or TEXT)")
+    p.set_defaults(func=_shard, parser=p, beam=True)
+
+
+def _shard(a, beam_flags):
+    import contextlib
+
+    from clipforge.pipeline.fetch import DEFAULT_USER_AGENT
+    from clipforge.pipeline.images import ImageConfig
+    from clipforge.pipeline.shard import ShardConfig
+    from clipforge.pipeline.shard_stage import expand_pairs, run
+
+    server = contextlib.nullcontext()
+    pairs, out, allow, size, per_shard = a.pairs, a.out, a.allow_private_hosts, a.image_size, a.samples_per_shard
+    if not pairs:
+        from clipforge.demo.server import DemoServer
+
+        world = _ensure_world(DEFAULT_WORLD)
+        if not Path("data/demo/pairs/crawl_stats.json").exists():
+            _crawl(build_parser().parse_args(["crawl"]), [])
+        pairs, out, allow = ["data/demo/pairs"], out or "data/demo/shards", True
+        if "--image-size" not in sys.argv:
+            size = 64
+        if "--samples-per-shard" not in sys.argv:
+            per_shard = 1000
+        server = DemoServer(world)
+        print(f"shard: the demo web's pairs, served at {server.base_url}/ meanwhile, {size}px images")
+    for name in ("image_size", "min_size", "threads", "per_host", "max_bytes"):
+        if getattr(a, name) < 1 and name != "min_size" or getattr(a, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if per_shard < 1 or a.deadline <= 0 or a.timeout <= 0 or a.max_aspect_ratio < 1:
+        raise UserError("--samples-per-shard, --deadline and --timeout must be positive, --max-aspect-ratio >= 1")
+    items, n = expand_pairs(pairs, a.url_col, a.text_col)
+    cfg = ShardConfig(inputs=items, out=out or "data/shards", samples_per_shard=per_shard, seed=a.seed,
+                      image=ImageConfig(image_size=size, resize_mode=a.resize_mode, min_size=a.min_size,
+                                        max_aspect_ratio=a.max_aspect_ratio, max_pixels=a.max_pixels),
+                      threads=a.threads, per_host=a.per_host, connect_timeout=a.timeout, read_timeout=a.timeout,
+                      deadline=a.deadline, max_bytes=a.max_bytes, retries=a.retries,
+                      user_agent=a.user_agent or DEFAULT_USER_AGENT, allow_private=allow,
+                      respect_noai=not a.ignore_noai, url_col=a.url_col, text_col=a.text_col)
+    print(f"shard: {n:,} pairs -> about {max(1, -(-n // per_shard))} shard(s) in {cfg.out}", flush=True)
+    with server:
+        s = run(cfg, n, beam_flags)
+    top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:6])
+    print(f"shard: {s['kept']:,} of {s['input']:,} pairs have an image in {s['extra']['shards']} shard(s) "
+          f"({s['extra']['shards_reused']} reused) ({top}); {s['extra']['seconds']} s")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo_generate(a):
@@ -337,7 +422,8 @@ def build_parser():
     sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _add_queries(sub)
     _add_crawl(sub)
-    for name in ("shard", "stats", "train", "eval"):
+    _add_shard(sub)
+    for name in ("stats", "train", "eval"):
         _add_pending(sub, name)
     _add_demo(sub)
     return p
