@@ -227,6 +227,10 @@ class DemoServer:
         with self._httpd.lock:
             return dict(self._httpd.hits)
 
+    def add_route(self, path, route):
+        """Serve ``path`` with a route of the kinds in routes.json (tests add redirects this way)."""
+        self._httpd.routes[path] = route
+
     @property
     def connections(self):
         """TCP connections accepted so far."""

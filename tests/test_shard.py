@@ -1,0 +1,238 @@
+"""The shard stage: the fetcher against every messy case of the demo web, the SSRF guard with a
+stub resolver, image checks, the stage end to end, and kill-and-resume."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from clipforge.demo.server import DemoServer
+from clipforge.demo.world import load_manifest
+from clipforge.pipeline.fetch import Fetcher, is_public
+from clipforge.pipeline.images import ImageConfig, process
+from clipforge.pipeline.shard import ShardConfig
+from clipforge.pipeline.shard_stage import expand_pairs, run
+from clipforge.schemas.files import read_sizes, read_stats
+from clipforge.schemas.validate import validate_shard_dir
+
+CLI = str(Path(sys.executable).with_name("clipforge"))
+
+# Where each messy case of the demo web must end, fetched and checked by the shard stage.
+EXPECTED = {
+    "not_found": "http_404", "server_error": "http_500", "flaky": "success", "slow": "success",
+    "trickle": "deadline_exceeded", "endless": "too_large", "huge": "too_large", "huge_chunked": "too_large",
+    "truncated": "image_undecodable", "corrupt": "image_undecodable", "bomb": "image_too_many_pixels",
+    "tiny": "image_too_small", "banner": "aspect_ratio_too_large", "svg": "image_undecodable",
+    "image_as_html": "not_an_image_content_type", "html_as_image": "image_undecodable", "redirect": "success",
+    "redirect_hop": "success", "redirect_loop": "too_many_redirects", "redirect_loop_b": "too_many_redirects",
+    "noai": "robots_noai", "noindex": "success",
+}
+
+
+def local(srv, url):
+    return srv.url(url.split("/", 3)[3])
+
+
+@pytest.fixture
+def server(world_dir):
+    with DemoServer(world_dir, port=0) as srv:
+        yield srv
+
+
+def fetch_and_check(fetcher, url, cfg=ImageConfig(image_size=64)):
+    got = fetcher.fetch(url)
+    if got.reason:
+        return got.reason, got
+    out = process(got.body, cfg)
+    return (out if isinstance(out, str) else "success"), got
+
+
+def test_every_messy_case_ends_in_its_bucket(world_dir, server):
+    cases = load_manifest(world_dir)["messy"]
+    assert {c["name"] for c in cases} == set(EXPECTED)
+    fetcher = Fetcher(allow_private=True, deadline=3, max_bytes=2 << 20, read_timeout=2, backoff=0.05)
+    for case in cases:
+        outcome, got = fetch_and_check(fetcher, local(server, case["url"]))
+        assert outcome == EXPECTED[case["name"]], (case["name"], got.error)
+    flaky = fetcher.fetch(server.url("/x/flaky.jpg"))
+    assert flaky.reason is None  # the 503 was retried once earlier; the server now answers 200
+    redirect = fetcher.fetch(server.url("/x/redirect-1.jpg"))
+    assert redirect.redirects == 2 and redirect.final_url.endswith("/x/good.jpg")
+
+
+def test_no_connection_to_a_private_address_without_the_flag(world_dir, server):
+    before = server.connections
+    fetcher = Fetcher()  # allow_private False: the default
+    for case in load_manifest(world_dir)["messy"]:
+        got = fetcher.fetch(local(server, case["url"]))
+        assert got.reason == "private_address", case["name"]
+    assert fetcher.fetch(f"http://[::1]:{server.port}/index.html").reason == "private_address"
+    assert server.connections == before  # refused before any connection
+
+
+def test_stub_resolver_guards_every_redirect_hop(server):
+    port = server.port
+    labels = {"public.test": ("127.0.0.1", True), "private.test": ("127.0.0.1", False)}
+
+    def resolver(host, _port):
+        if host not in labels:
+            raise OSError(f"unknown host {host}")
+        return [labels[host]]
+
+    server.add_route("/x/to-private.jpg", {"kind": "redirect", "status": 302,
+                                            "location": f"http://private.test:{port}/x/good.jpg"})
+    server.add_route("/x/to-public.jpg", {"kind": "redirect", "status": 302,
+                                           "location": f"http://public.test:{port}/x/good.jpg"})
+    fetcher = Fetcher(resolver=resolver)
+    ok = fetcher.fetch(f"http://public.test:{port}/x/to-public.jpg")
+    assert ok.reason is None and ok.redirects == 1 and ok.body.startswith(b"\xff\xd8")
+    hits = server.hits.get("/x/good.jpg", 0)
+    refused = fetcher.fetch(f"http://public.test:{port}/x/to-private.jpg")
+    assert refused.reason == "private_address" and "private.test" in refused.error
+    assert server.hits.get("/x/good.jpg", 0) == hits  # the private hop was never requested
+    assert fetcher.fetch(f"http://private.test:{port}/x/good.jpg").reason == "private_address"
+    assert fetcher.fetch(f"http://nowhere.test:{port}/x/good.jpg").reason == "dns_error"
+    assert fetcher.fetch("ftp://public.test/x.jpg").reason == "invalid_url"
+
+
+@pytest.mark.parametrize("ip, public", [
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
+    ("::1", False), ("fc00::1", False), ("fe80::1", False), ("::ffff:127.0.0.1", False),
+    ("8.8.8.8", True), ("2a00:1450:4001::1", True),
+])
+def test_address_classification(ip, public):
+    assert is_public(ip) is public  # classification only: no packet is sent
+
+
+def jpeg(size, colour="red", **kw):
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_image_checks_and_resize_modes(world_dir):
+    big = jpeg((2000, 1500))
+    out = process(big, ImageConfig(image_size=256))
+    assert (out.width, out.height, out.original_width, out.original_height) == (341, 256, 2000, 1500)
+    sq = process(big, ImageConfig(image_size=128, resize_mode="center_crop"))
+    assert (sq.width, sq.height) == (128, 128)
+    same = process(jpeg((300, 200)), ImageConfig(resize_mode="no"))
+    assert (same.width, same.height) == (300, 200)
+    assert process(jpeg((300, 200)), ImageConfig(max_pixels=300 * 200 - 1)) == "image_too_many_pixels"
+    # EXIF orientation 6: stored lying down, delivered upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rot = process(jpeg((200, 100), exif=exif.tobytes()), ImageConfig(image_size=100))
+    assert (rot.original_width, rot.original_height) == (100, 200) and (rot.width, rot.height) == (100, 200)
+    # transparency lands on white
+    buf = io.BytesIO()
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(buf, "PNG")
+    flat = process(buf.getvalue(), ImageConfig(image_size=64))
+    assert Image.open(io.BytesIO(flat.jpg)).getpixel((5, 5)) >= (250, 250, 250)
+
+
+def messy_list(world_dir, path, extra=()):
+    m = load_manifest(world_dir)
+    rows = [{"url": c["url"], "text": f"messy {c['name']}", "uid": f"messy-{c['name']}"} for c in m["messy"]]
+    truth = [t for t in pq.read_table(world_dir / "truth.parquet").to_pylist() if t["kind"] in ("image", "duplicate")]
+    rows += [{"url": t["url"], "text": t["text"] or "an image", "uid": f"img-{i:05d}"} for i, t in enumerate(truth)]
+    rows += list(extra)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return rows
+
+
+def shard_cfg(items, out, **kw):
+    base = dict(inputs=items, out=str(out), samples_per_shard=40, allow_private=True,
+                image=ImageConfig(image_size=64), deadline=3, read_timeout=2, connect_timeout=2,
+                max_bytes=2 << 20)
+    base.update(kw)
+    return ShardConfig(**base)
+
+
+def test_stage_end_to_end_on_the_demo_web(world_dir, tmp_path):
+    with DemoServer(world_dir):  # the world's own port: the list's URLs point there
+        rows = messy_list(world_dir, tmp_path / "pairs.parquet")
+        items, n = expand_pairs([str(tmp_path / "pairs.parquet")])
+        stats = run(shard_cfg(items, tmp_path / "shards"), n, ["--direct_num_workers=2"])
+    assert stats == read_stats(tmp_path / "shards" / "shard_stats.json")
+    assert stats["input"] == len(rows) and stats["kept"] + sum(stats["dropped"].values()) == stats["input"]
+    total = validate_shard_dir(tmp_path / "shards")
+    assert total == stats["kept"] == sum(read_sizes(tmp_path / "shards" / "sizes.json").values())
+    index = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "shards").glob("*.parquet"))]).to_pylist()
+    status = {r["uid"]: r["status"] for r in index}
+    for name, expected in EXPECTED.items():
+        assert status[f"messy-{name}"] in ((expected, "duplicate_image") if expected == "success" else (expected,)), name
+    # the same image under several URLs: one sample only
+    good = [u for u in ("messy-flaky", "messy-slow", "messy-redirect", "messy-redirect_hop", "messy-noindex")]
+    assert sum(status[u] == "success" for u in good) == 1
+    assert stats["dropped"]["duplicate_image"] >= len(good) - 1
+    # the tars give back exactly the bytes and texts the index records
+    by_key = {r["key"]: r for r in index if r["status"] == "success"}
+    ds = wds.WebDataset(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")), shardshuffle=False)
+    seen = 0
+    for sample in ds:
+        r = by_key[sample["__key__"]]
+        assert sample["txt"].decode() == r["text"]
+        assert __import__("hashlib").sha256(sample["jpg"]).hexdigest() == r["sha256"]
+        seen += 1
+    assert seen == total
+    # no shard is dominated by one query: the pairs of one page are spread over the shards
+    assert len({r["shard"] for r in index}) == len(read_sizes(tmp_path / "shards" / "sizes.json"))
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, tmp_path):
+    slow = [{"url": load_manifest(world_dir)["base_url"] + f"/x/slow.jpg?n={i}", "text": f"slow {i}",
+             "uid": f"slow-{i:03d}"} for i in range(12)]
+    messy_list(world_dir, tmp_path / "pairs.parquet", extra=slow)
+    args = [CLI, "shard", "--pairs", str(tmp_path / "pairs.parquet"), "--samples-per-shard", "30",
+            "--allow-private-hosts", "--image-size", "64", "--deadline", "3", "--timeout", "2",
+            "--max-bytes", str(2 << 20), "--direct_num_workers=2"]
+    with DemoServer(world_dir):
+        ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
+        assert ref.returncode == 0, ref.stderr
+        proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "cut").glob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done_before = len(list((tmp_path / "cut").glob("*.parquet")))
+        assert done_before >= 1 and not (tmp_path / "cut" / "sizes.json").exists()
+        again = subprocess.run(args + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+    assert "reused" in again.stdout
+
+    def samples(d):
+        validate_shard_dir(d)
+        rows = pa.concat_tables([pq.read_table(p) for p in sorted(Path(d).glob("*.parquet"))]).to_pylist()
+        return sorted((r["key"], r["uid"], r["status"], r["sha256"]) for r in rows)
+
+    assert samples(tmp_path / "cut") == samples(tmp_path / "ref")
+    assert read_stats(tmp_path / "cut" / "shard_stats.json")["dropped"] == \
+        read_stats(tmp_path / "ref" / "shard_stats.json")["dropped"]
+    assert not [p for p in (tmp_path / "cut").iterdir() if ".tmp" in p.name]
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path):
+    pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"], "words": ["a"]}), tmp_path / "p.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    for args, message in [(["--pairs", "nothing-here"], "no parquet files"),
+                          (["--pairs", "p.parquet"], "no url column"),
+                          (["--pairs", "junk.parquet"], "not a readable parquet file"),
+                          (["--pairs", "p.parquet", "--url-col", "link", "--text-col", "words", "--image-size", "0"],
+                           "must be positive")]:
+        r = subprocess.run([CLI, "shard", *args, "--out", "o"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+        assert r.returncode != 0 and message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
