@@ -1,6 +1,7 @@
 """python -m bench [NAME ...]: run the benchmarks (all, or those whose module name matches)."""
 
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ def main(argv):
         return 3
     results = []
     with tempfile.TemporaryDirectory(prefix="clipforge-bench-") as tmp:
+        os.chmod(tmp, 0o755)  # servers started by benchmarks (nginx's workers run as nobody) read files here
         for name in modules:
             print(f"{name}:", flush=True)
             mod = importlib.import_module(f"bench.{name}")

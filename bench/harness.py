@@ -27,6 +27,7 @@ class Comparison:
     repeats: int = 3
     notes: str = ""
     setup: callable = None  # run before every timed call of either side (not timed)
+    verify: callable = None  # verify(side) after every timed call ("ours" or "peer"): raise if the work is wrong
 
 
 @dataclass
@@ -110,8 +111,10 @@ def run(comparison, log=print):
     c = comparison
     r = Result(c.name, c.peer_name, c.unit, c.items, c.input, notes=c.notes)
     for i in range(c.repeats):
-        for side, times, rss in ((c.ours, r.ours_s, r.ours_rss), (c.peer, r.peer_s, r.peer_rss)):
+        for name, side, times, rss in (("ours", c.ours, r.ours_s, r.ours_rss), ("peer", c.peer, r.peer_s, r.peer_rss)):
             seconds, peak = _time(side, c.setup)
+            if c.verify:
+                c.verify(name)
             times.append(seconds)
             if peak is not None:
                 rss.append(peak)
