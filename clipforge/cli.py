@@ -269,6 +269,9 @@ def _add_shard(sub):
     f.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai")
     p.add_argument("--url-col", default=None, help="column of the image URL (default: url or URL)")
     p.add_argument("--text-col", default=None, help="column of the caption (default: text, caption or TEXT)")
+    p.add_argument("--downloader", choices=("clipforge", "img2dataset"), default="clipforge",
+                   help="img2dataset: hand the pairs to img2dataset with matching settings and bring its "
+                        "output to this layout (no deadline, no guard after redirects) (default: clipforge)")
     p.set_defaults(func=_shard, parser=p, beam=True)
 
 
@@ -310,10 +313,16 @@ def _shard(a, beam_flags):
                       respect_noai=not a.ignore_noai, url_col=a.url_col, text_col=a.text_col)
     print(f"shard: {n:,} pairs -> about {max(1, -(-n // per_shard))} shard(s) in {cfg.out}", flush=True)
     with server:
-        s = run(cfg, n, beam_flags)
+        if a.downloader == "img2dataset":
+            from clipforge.pipeline import img2dataset_downloader
+
+            s = img2dataset_downloader.run(cfg, beam_flags)
+        else:
+            s = run(cfg, n, beam_flags)
     top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:6])
-    print(f"shard: {s['kept']:,} of {s['input']:,} pairs have an image in {s['extra']['shards']} shard(s) "
-          f"({s['extra']['shards_reused']} reused) ({top}); {s['extra']['seconds']} s")
+    reused = f" ({s['extra']['shards_reused']} reused)" if "shards_reused" in s["extra"] else ""
+    print(f"shard: {s['kept']:,} of {s['input']:,} pairs have an image in {s['extra']['shards']} shard(s)"
+          f"{reused} ({top}); {s['extra'].get('seconds', '')} s")
     return 0
 
 

@@ -236,3 +236,35 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
         r = subprocess.run([CLI, "shard", *args, "--out", "o"], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path)
         assert r.returncode != 0 and message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+
+
+def test_img2dataset_downloader_gives_the_same_layout(world_dir, tmp_path):
+    """The same pairs through img2dataset; the endless and trickling bodies are left out, as
+    img2dataset has no overall deadline and would hang on them (its issue 437)."""
+    m = load_manifest(world_dir)
+    skip = {"endless", "trickle"}
+    rows = [{"url": c["url"], "text": f"messy {c['name']}", "uid": f"messy-{c['name']}"}
+            for c in m["messy"] if c["name"] not in skip]
+    truth = [t for t in pq.read_table(world_dir / "truth.parquet").to_pylist() if t["kind"] == "image"][:60]
+    rows += [{"url": t["url"], "text": t["text"] or "an image", "uid": f"img-{i:05d}"} for i, t in enumerate(truth)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    args = [CLI, "shard", "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(tmp_path / "o"),
+            "--downloader", "img2dataset", "--allow-private-hosts", "--image-size", "64", "--timeout", "3",
+            "--samples-per-shard", "50"]
+    with DemoServer(world_dir):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    total = validate_shard_dir(tmp_path / "o")
+    s = read_stats(tmp_path / "o" / "shard_stats.json")
+    assert s["input"] == len(rows) and s["kept"] == total > 40
+    index = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "o").glob("*.parquet"))]).to_pylist()
+    status = {r["uid"]: r["status"] for r in index}
+    assert status["messy-not_found"] == "http_404" and status["messy-tiny"] == "image_too_small"
+    assert status["messy-noai"] == "robots_noai"
+    # without the flag, the first hop is refused by clipforge's guard before img2dataset runs
+    refused = [a for a in args if a != "--allow-private-hosts"]
+    refused[refused.index(str(tmp_path / "o"))] = str(tmp_path / "refused")
+    r = subprocess.run(refused, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = read_stats(tmp_path / "refused" / "shard_stats.json")
+    assert s["kept"] == 0 and s["dropped"] == {"private_address": len(rows)}
