@@ -49,7 +49,7 @@ def test_usage_errors_are_one_line(args):
     assert "error:" in r.stderr and "--help" in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["shard", "stats", "train", "eval"])
+@pytest.mark.parametrize("cmd", ["stats", "train", "eval"])
 def test_stages_not_built_yet_say_so(cmd):
     r = run(cmd, "--some-future-flag")
     assert r.returncode == 3

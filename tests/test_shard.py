@@ -160,11 +160,10 @@ def shard_cfg(items, out, **kw):
     return ShardConfig(**base)
 
 
-def test_stage_end_to_end_on_the_demo_web(world_dir, tmp_path):
-    with DemoServer(world_dir):  # the world's own port: the list's URLs point there
-        rows = messy_list(world_dir, tmp_path / "pairs.parquet")
-        items, n = expand_pairs([str(tmp_path / "pairs.parquet")])
-        stats = run(shard_cfg(items, tmp_path / "shards"), n, ["--direct_num_workers=2"])
+def test_stage_end_to_end_on_the_demo_web(world_dir, demo_server, tmp_path):
+    rows = messy_list(world_dir, tmp_path / "pairs.parquet")
+    items, n = expand_pairs([str(tmp_path / "pairs.parquet")])
+    stats = run(shard_cfg(items, tmp_path / "shards"), n, ["--direct_num_workers=2"])
     assert stats == read_stats(tmp_path / "shards" / "shard_stats.json")
     assert stats["input"] == len(rows) and stats["kept"] + sum(stats["dropped"].values()) == stats["input"]
     total = validate_shard_dir(tmp_path / "shards")
@@ -191,27 +190,26 @@ def test_stage_end_to_end_on_the_demo_web(world_dir, tmp_path):
     assert len({r["shard"] for r in index}) == len(read_sizes(tmp_path / "shards" / "sizes.json"))
 
 
-def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, tmp_path):
+def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, demo_server, tmp_path):
     slow = [{"url": load_manifest(world_dir)["base_url"] + f"/x/slow.jpg?n={i}", "text": f"slow {i}",
              "uid": f"slow-{i:03d}"} for i in range(12)]
     messy_list(world_dir, tmp_path / "pairs.parquet", extra=slow)
     args = [CLI, "shard", "--pairs", str(tmp_path / "pairs.parquet"), "--samples-per-shard", "30",
             "--allow-private-hosts", "--image-size", "64", "--deadline", "3", "--timeout", "2",
             "--max-bytes", str(2 << 20), "--direct_num_workers=2"]
-    with DemoServer(world_dir):
-        ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
-        assert ref.returncode == 0, ref.stderr
-        proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while not list((tmp_path / "cut").glob("*.parquet")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        done_before = len(list((tmp_path / "cut").glob("*.parquet")))
-        assert done_before >= 1 and not (tmp_path / "cut" / "sizes.json").exists()
-        again = subprocess.run(args + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0, again.stderr
+    ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cut").glob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((tmp_path / "cut").glob("*.parquet")))
+    assert done_before >= 1 and not (tmp_path / "cut" / "sizes.json").exists()
+    again = subprocess.run(args + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
     assert "reused" in again.stdout
 
     def samples(d):
@@ -238,7 +236,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
         assert r.returncode != 0 and message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
 
 
-def test_img2dataset_downloader_gives_the_same_layout(world_dir, tmp_path):
+def test_img2dataset_downloader_gives_the_same_layout(world_dir, demo_server, tmp_path):
     """The same pairs through img2dataset; the endless and trickling bodies are left out, as
     img2dataset has no overall deadline and would hang on them (its issue 437)."""
     m = load_manifest(world_dir)
@@ -251,8 +249,7 @@ def test_img2dataset_downloader_gives_the_same_layout(world_dir, tmp_path):
     args = [CLI, "shard", "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(tmp_path / "o"),
             "--downloader", "img2dataset", "--allow-private-hosts", "--image-size", "64", "--timeout", "3",
             "--samples-per-shard", "50"]
-    with DemoServer(world_dir):
-        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     total = validate_shard_dir(tmp_path / "o")
     s = read_stats(tmp_path / "o" / "shard_stats.json")
