@@ -298,9 +298,11 @@ def _shard(a, beam_flags):
             per_shard = 1000
         server = DemoServer(world)
         print(f"shard: the demo web's pairs, served at {server.base_url}/ meanwhile, {size}px images")
-    for name in ("image_size", "min_size", "threads", "per_host", "max_bytes"):
-        if getattr(a, name) < 1 and name != "min_size" or getattr(a, name) < 0:
+    for name in ("image_size", "threads", "per_host", "max_bytes"):
+        if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if a.min_size < 0:
+        raise UserError("--min-size must not be negative")
     if per_shard < 1 or a.deadline <= 0 or a.timeout <= 0 or a.max_aspect_ratio < 1:
         raise UserError("--samples-per-shard, --deadline and --timeout must be positive, --max-aspect-ratio >= 1")
     items, n = expand_pairs(pairs, a.url_col, a.text_col)
@@ -451,7 +453,7 @@ def main(argv=None):
 
     try:
         if getattr(args, "beam", False):
-            from clipforge.pipeline.runner import BeamFlagError, unknown_beam_flags
+            from clipforge.pipeline.runner import unknown_beam_flags
 
             unknown = unknown_beam_flags(extra)
             if unknown:

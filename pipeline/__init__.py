@@ -5,5 +5,7 @@
 - shard: pairs -> fetched, resized images packed as WebDataset tars
   (``schemas.records.SHARD_SAMPLE``, ``SHARD_INDEX``, ``sizes.json``).
 
-Not built yet (issues 4 and 5).
+Modules: ``runner`` (how a Beam stage is launched), ``readers``, ``captions``, ``langid``,
+``matching``, ``balance``, ``crawl`` + ``crawl_stage`` (the crawl), ``fetch``, ``images``,
+``shard`` + ``shard_stage`` (the shard stage), ``img2dataset_downloader``.
 """
