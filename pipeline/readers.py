@@ -82,15 +82,18 @@ def html_images(html_text, page_url):
             src = attrs["data-src"].strip()  # lazy loading puts the real URL in data-src
         if not src:
             continue
-        alt, title = attrs.get("alt"), attrs.get("title")
-        if alt and alt.strip():
-            text, attr = alt, "alt"
-        elif title and title.strip():
-            text, attr = title, "title"
-        else:
-            text, attr = alt or "", "alt" if alt is not None else "none"
+        text, attr = image_text(attrs.get("alt"), attrs.get("title"))
         out.append((resolve(base, src), text, attr))
     return out
+
+
+def image_text(alt, title):
+    """(text, attribute it came from): alt, or title where alt is missing or blank."""
+    if alt and alt.strip():
+        return alt, "alt"
+    if title and title.strip():
+        return title, "title"
+    return alt or "", "alt" if alt is not None else "none"
 
 
 def resolve(base, src):
@@ -164,13 +167,7 @@ def read_wat(stream, source, pages=None):
                 for link in html.get("Links", ()):
                     if link.get("path") != "IMG@/src" or not link.get("url"):
                         continue
-                    alt, title = link.get("alt"), link.get("title")
-                    if alt and alt.strip():
-                        text, attr = alt, "alt"
-                    elif title and title.strip():
-                        text, attr = title, "title"
-                    else:
-                        text, attr = alt or "", "alt" if alt is not None else "none"
+                    text, attr = image_text(link.get("alt"), link.get("title"))
                     yield _candidate(resolve(base, link["url"].strip()), text, uri, attr, "wat", source)
             except (ValueError, KeyError, TypeError) as e:
                 yield Unreadable(f"{source}: WAT record unreadable: {e}")
