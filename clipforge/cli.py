@@ -364,9 +364,16 @@ def _demo_serve(a):
 
 
 def _demo_chain(a):
+    import shutil
+
     from clipforge.demo.server import DemoServer
     from clipforge.demo.world import load_manifest
 
+    if a.world != DEFAULT_WORLD:
+        raise UserError(f"the chain runs on {DEFAULT_WORLD}; for another world use `clipforge demo generate --out`")
+    if a.fresh:
+        for d in ("data/demo/queries", "data/demo/pairs", "data/demo/shards"):
+            shutil.rmtree(d, ignore_errors=True)
     gen = argparse.Namespace(out=a.world, seed=a.seed, size=a.size, port=0, heldout_per_class=20, force=a.fresh)
     _demo_generate(gen)
     m = load_manifest(a.world)
@@ -376,8 +383,18 @@ def _demo_chain(a):
         ok = sum(s.get(srv.url(f"pages/p{p:05d}.html"), timeout=5).status_code == 200
                  for p in range(m["counts"]["pages"]))
         print(f"demo web up at {srv.base_url}/: {ok}/{m['counts']['pages']} pages answer")
-    pending = ["queries", "crawl", "shard", "stats", "train", "eval"]
-    print(f"clipforge demo: the stages after the demo web are not built yet ({', '.join(pending)})",
+    # each stage is reused when its outputs exist (--fresh starts over); shard resumes by itself
+    if not Path("data/demo/queries/queries_stats.json").exists():
+        _queries(build_parser().parse_args(["queries"]), [])
+    else:
+        print("queries: reusing data/demo/queries")
+    if not Path("data/demo/pairs/crawl_stats.json").exists():
+        _crawl(build_parser().parse_args(["crawl"]), [])
+    else:
+        print("crawl: reusing data/demo/pairs")
+    _shard(build_parser().parse_args(["shard"]), [])
+    pending = ["stats", "train", "eval"]
+    print(f"clipforge demo: world, queries, crawl and shard done (data/demo/); not built yet: {', '.join(pending)}",
           file=sys.stderr)
     return 3
 
