@@ -7,9 +7,7 @@ user+system time of each tool's whole process tree.
 """
 
 import atexit
-import io
 import json
-import os
 import random
 import resource
 import shutil

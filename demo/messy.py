@@ -10,7 +10,6 @@ import io
 import struct
 import zlib
 
-from PIL import Image
 
 
 def bomb_png(side=16000):

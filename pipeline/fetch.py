@@ -116,7 +116,6 @@ class Fetcher:
         https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
                           {"ConnectionCls": _guarded(HTTPSConnection, self.guard)})
         self.pool.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
-        self.key_fn_by_scheme = self.pool.key_fn_by_scheme
         self._host_slots = defaultdict(lambda: threading.BoundedSemaphore(per_host))
         self._lock = threading.Lock()
 

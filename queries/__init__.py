@@ -2,5 +2,9 @@
 by page views, WordNet lemmas) built as an Apache Beam pipeline.
 
 Output contract: ``schemas.records.QUERY`` (``queries.parquet``) and MetaCLIP's
-``metadata.json``. Not built yet (issue 3).
+``metadata.json``.
+
+Modules: ``wikidump`` (streaming MediaWiki XML, wikitext to prose), ``tokens`` (words and
+bigrams), ``lexicons`` (WordNet, pageviews, metadata.json), ``pipeline`` (the Beam pipeline),
+``stage`` (input checks, run, queries_stats.json).
 """

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
 from clipforge.queries import lexicons
-from clipforge.queries.pipeline import NS, QueriesConfig, build
+from clipforge.queries.pipeline import QueriesConfig, build
 from clipforge.schemas.files import Funnel
 
 log = logging.getLogger("clipforge.queries")

@@ -1,6 +1,5 @@
 """The `clipforge` command as a user runs it: the installed console script, in a subprocess."""
 
-import os
 import re
 import signal
 import subprocess

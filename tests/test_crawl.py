@@ -2,7 +2,6 @@
 brute-force reference, balancing against its formula, determinism, and damaged input."""
 
 import gzip
-import io
 import json
 import math
 import subprocess

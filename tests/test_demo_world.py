@@ -3,7 +3,6 @@ by the libraries real users read them with."""
 
 import bz2
 import gzip
-import io
 import json
 import re
 import xml.etree.ElementTree as ET

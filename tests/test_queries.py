@@ -15,7 +15,7 @@ import pytest
 
 from clipforge.queries import lexicons, tokens
 from clipforge.queries.pipeline import QueriesConfig
-from clipforge.queries.stage import InputError, run
+from clipforge.queries.stage import run
 from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
 from clipforge.schemas import QUERY
 from clipforge.schemas.files import read_metadata, read_stats

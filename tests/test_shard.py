@@ -2,7 +2,6 @@
 stub resolver, image checks, the stage end to end, and kill-and-resume."""
 
 import io
-import json
 import os
 import signal
 import subprocess
