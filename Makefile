@@ -2,7 +2,7 @@
 #   make demo    run the whole chain on the offline demo web
 #   make test    the test suite (what CI runs)
 # Variables: PYTHON (interpreter for the venv), TORCH (the torch requirement), ARGS (extra
-# flags passed to a stage), WORLD (demo world directory).
+# flags passed to a stage), WORLD (demo world directory), NPROC (make train: processes, torchrun).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -54,8 +54,16 @@ serve: world
 demo: setup
 	$(BIN)/clipforge demo --world $(WORLD) $(ARGS)
 
-queries crawl shard stats train eval: setup
+queries crawl shard stats eval: setup
 	$(BIN)/clipforge $@ $(ARGS)
+
+# NPROC=N trains with N processes on this node (torchrun; one per GPU, or gloo on CPUs).
+train: setup
+ifdef NPROC
+	$(BIN)/torchrun --nproc-per-node $(NPROC) -m clipforge train $(ARGS)
+else
+	$(BIN)/clipforge train $(ARGS)
+endif
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)

@@ -46,9 +46,6 @@ def _formatter(prog):
 # --- stages not built yet ---------------------------------------------------------------------
 
 _PENDING = {
-    "train": ("contrastive CLIP pretraining on WebDataset shards (CPU, one GPU, or torchrun)",
-              "Streams shards, trains a CLIP model (ViT or ResNet image tower, Transformer text\n"
-              "tower) and writes checkpoints and metrics.jsonl to a run directory.", 6),
     "eval": ("zero-shot classification and retrieval of a CLIP checkpoint",
              "Zero-shot top-1/top-5 accuracy on an ImageFolder or WebDataset test set and\n"
              "image<->text recall@k on held-out shards.", 7),
@@ -328,6 +325,115 @@ def _shard(a, beam_flags):
     return 0
 
 
+# --- train ----------------------------------------------------------------------------------
+
+DEMO_SHARDS = Path("data/demo/shards")
+DEMO_RUN = Path("data/demo/runs/tiny")
+# The demo's tiny run: small enough for two CPU cores in a few minutes.
+DEMO_TRAIN = {"model": "tiny", "batch_size": 128, "epochs": 12, "lr": 1e-3, "weight_decay": 0.1,
+              "save_every": 100, "log_every": 20}
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train", help="contrastive CLIP pretraining on WebDataset shards (CPU, one GPU, or torchrun)",
+        formatter_class=_formatter,
+        description=(
+            "Stream WebDataset shards (ours, img2dataset's, any with KEY.jpg + KEY.txt) and train CLIP:\n"
+            "symmetric InfoNCE, AdamW, cosine schedule with warm-up, features gathered across ranks.\n"
+            "The run directory gets bpe.txt.gz (the tokenizer, learned from the captions unless --bpe),\n"
+            "checkpoints/step_*.pt (atomic, last --keep kept), metrics.jsonl, tensorboard/ and\n"
+            "train_stats.json. --resume continues at the exact step and sample.\n\n"
+            "With no --train-data it trains the tiny model on the demo web's shards.\n"
+            "Several GPUs or nodes: torchrun --nproc-per-node N -m clipforge train ... (make train NPROC=N)."))
+    p.add_argument("--train-data", default=None, metavar="SHARDS",
+                   help="shards: a directory, a file, a brace pattern (a/{000..009}.tar), a glob, pipe: or "
+                        "fsspec URLs; several joined with ::")
+    p.add_argument("--model", default=None,
+                   help="RN50, ViT-B-32, ViT-B-16, ViT-L-14 or tiny (default: ViT-B-32; demo: tiny)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL; demo: data/demo/runs/tiny)")
+    d = p.add_argument_group("schedule")
+    d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
+    d.add_argument("--accum-steps", type=int, default=1,
+                   help="split each step's batch into this many micro-batches, keeping all negatives (default: 1)")
+    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 12)")
+    d.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    d.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-4; demo 1e-3)")
+    d.add_argument("--wd", type=float, default=None, help="weight decay of matrices (default: 0.2; demo 0.1)")
+    d.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of the steps, at most 2000)")
+    d.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
+    d.add_argument("--seed", type=int, default=0, help="seed of the model, shuffles and crops (default: 0)")
+    l = p.add_argument_group("data")
+    l.add_argument("--workers", type=int, default=2, help="loader processes per GPU/process (default: 2)")
+    l.add_argument("--resampled", action="store_true",
+                   help="draw shards with replacement; an epoch is --samples-per-epoch (default: sizes.json)")
+    l.add_argument("--samples-per-epoch", type=int, default=None, help="samples per epoch (default: from sizes.json)")
+    l.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in the shuffle buffer (default: 1000)")
+    l.add_argument("--no-augment", action="store_true", help="centre crops instead of random resized crops")
+    l.add_argument("--bpe", default=None, help="BPE merges file, e.g. CLIP's bpe_simple_vocab_16e6.txt.gz "
+                                              "(default: learn one from the captions)")
+    l.add_argument("--vocab-size", type=int, default=None, help="ids in a learned vocabulary (default: 49408)")
+    m = p.add_argument_group("model and precision")
+    m.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on GPU, fp32 on CPU (default: auto)")
+    m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model")
+    m.add_argument("--gelu", action="store_true", help="GELU instead of QuickGELU")
+    m.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from these weights (clipforge checkpoint or OpenAI-format state dict)")
+    r = p.add_argument_group("runs")
+    r.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
+                   help="continue a run: a checkpoint, a run directory, or nothing for --out's latest")
+    r.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: 500; demo 100)")
+    r.add_argument("--keep", type=int, default=3, help="checkpoints kept (default: 3)")
+    r.add_argument("--log-every", type=int, default=None, help="progress line every N steps (default: 10)")
+    r.add_argument("--eval-every", type=int, default=0, help="zero-shot eval on --eval-data every N steps")
+    r.add_argument("--eval-data", default=None, help="ImageFolder tree for --eval-every (demo: the held-out shapes)")
+    r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    p.set_defaults(func=_train, parser=p)
+
+
+def _train(a):
+    from clipforge.trainer.train import TrainConfig, train
+
+    demo = a.train_data is None
+    if demo:
+        if not (DEMO_SHARDS / "sizes.json").exists():
+            _shard(build_parser().parse_args(["shard"]), [])
+        defaults = dict(DEMO_TRAIN, train_data=str(DEMO_SHARDS), out=str(DEMO_RUN))
+        if a.eval_every and a.eval_data is None:
+            a.eval_data = str(DEFAULT_WORLD / "heldout" / "shape")
+    else:
+        defaults = {"model": "ViT-B-32", "batch_size": 256, "epochs": 1, "lr": 5e-4, "weight_decay": 0.2,
+                    "save_every": 500, "log_every": 10}
+    pick = lambda v, k: defaults[k] if v is None else v   # noqa: E731
+    for name in ("batch_size", "accum_steps", "workers", "keep"):
+        v = getattr(a, name)
+        if v is not None and v < (0 if name == "workers" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("steps", "epochs", "save_every", "log_every", "samples_per_epoch"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    model = pick(a.model, "model")
+    cfg = TrainConfig(
+        train_data=a.train_data or defaults["train_data"], out=a.out or defaults.get("out") or f"runs/{model}",
+        model=model, batch_size=pick(a.batch_size, "batch_size"), accum_steps=a.accum_steps,
+        epochs=pick(a.epochs, "epochs"), steps=a.steps, lr=pick(a.lr, "lr"), weight_decay=pick(a.wd, "weight_decay"),
+        warmup=a.warmup, grad_clip=a.grad_clip, seed=a.seed, workers=a.workers, resampled=a.resampled,
+        samples_per_epoch=a.samples_per_epoch, shuffle_buffer=a.shuffle_buffer, augment=not a.no_augment,
+        precision=a.precision, grad_checkpointing=a.grad_checkpointing, compile=a.compile, quick_gelu=not a.gelu,
+        resume=a.resume, init_from=a.init_from, bpe=a.bpe, vocab_size=a.vocab_size,
+        save_every=pick(a.save_every, "save_every"), keep=a.keep, log_every=pick(a.log_every, "log_every"),
+        eval_every=a.eval_every, eval_data=a.eval_data, tensorboard=not a.no_tensorboard)
+    if cfg.batch_size % cfg.accum_steps:
+        raise UserError(f"--batch-size {cfg.batch_size} does not split into --accum-steps {cfg.accum_steps} micro-batches")
+    if a.eval_every and not cfg.eval_data:
+        raise UserError("--eval-every needs --eval-data")
+    train(cfg)
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo_generate(a):
@@ -451,7 +557,8 @@ def build_parser():
     _add_queries(sub)
     _add_crawl(sub)
     _add_shard(sub)
-    for name in ("stats", "train", "eval"):
+    _add_train(sub)
+    for name in ("stats", "eval"):
         _add_pending(sub, name)
     _add_demo(sub)
     return p
@@ -479,6 +586,14 @@ def main(argv=None):
         return args.func(args)
     except (UserError, SchemaError, FileNotFoundError, OSError, ValueError) as e:
         print(f"clipforge: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        # Training stops (divergence, no usable sample, a bad resume) and loader errors, which
+        # DataLoader re-raises with the worker's traceback: the last line is the message.
+        if type(e).__name__ not in ("TrainingError", "NoUsableSamples"):
+            raise
+        line = [x for x in str(e).splitlines() if x.strip()][-1]
+        print(f"clipforge: error: {line.split('NoUsableSamples: ')[-1]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("clipforge: interrupted", file=sys.stderr)

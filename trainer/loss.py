@@ -1,0 +1,38 @@
+"""CLIP's contrastive loss: symmetric InfoNCE, with features gathered across ranks.
+
+Each rank computes the loss of its own images against every rank's texts and of its own texts
+against every rank's images (the "local loss"): the memory of one [local, global] logit matrix
+instead of a [global, global] one. Features are gathered with gradients
+(`torch.distributed.nn.functional.all_gather`), so each rank's features receive the gradient of
+every rank's loss, and DistributedDataParallel's gradient averaging then yields exactly the
+gradient of the full-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):
+    """Every rank's features, concatenated in rank order, keeping the autograd graph."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return image_features, text_features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(image_features), dim=0), torch.cat(all_gather(text_features), dim=0)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropy; the matching pair is the target.
+
+    Features are this rank's (normalised) rows; every rank must pass the same number of rows.
+    """
+    all_image, all_text = gather_features(image_features, text_features)
+    n = image_features.shape[0]
+    rank = dist.get_rank() if all_image.shape[0] != n else 0
+    labels = torch.arange(n, device=image_features.device) + n * rank
+    logits_per_image = logit_scale * image_features @ all_text.T
+    logits_per_text = logit_scale * text_features @ all_image.T
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2

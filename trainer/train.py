@@ -1,0 +1,501 @@
+"""The training loop: contrastive pretraining on streamed shards, one process or torchrun/DDP.
+
+Read top to bottom: set up processes, tokenizer, model, optimizer and schedule; then for each
+step take a batch, compute the loss (with gradient caching when the batch is accumulated over
+micro-batches), step, clamp the temperature, log, and checkpoint. A run directory holds
+`bpe.txt.gz`, `checkpoints/step_*.pt`, `metrics.jsonl`, `tensorboard/` and `train_stats.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from clipforge.trainer.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
+                                    keys_digest, make_loader, normalize_images)
+from clipforge.trainer.loss import clip_loss
+from clipforge.trainer.model import CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config
+from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write_merges
+
+
+# Tests set this to SIGKILL the run after a given step, to prove that resuming loses nothing.
+_KILL_AT_STEP = int(os.environ.get("CLIPFORGE_TEST_KILL_AT_STEP", "0"))
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (diverged, bad resume, no data); the message is one line for the user."""
+
+
+@dataclass
+class TrainConfig:
+    train_data: str
+    out: str
+    model: str = "ViT-B-32"
+    batch_size: int = 256            # per process, per optimizer step
+    accum_steps: int = 1             # micro-batches per step (features cached, full-batch negatives kept)
+    epochs: int = 1
+    steps: int | None = None         # overrides epochs
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup: int | None = None        # default: 5% of the steps, at most 2000
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float | None = None
+    seed: int = 0
+    workers: int = 2
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+    shuffle_buffer: int = 1000
+    augment: bool = True
+    precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
+    grad_checkpointing: bool = False
+    compile: bool = False
+    quick_gelu: bool = True
+    resume: str | None = None        # a checkpoint, a run directory, or "latest" (this run's)
+    init_from: str | None = None
+    bpe: str | None = None
+    vocab_size: int | None = None
+    bpe_samples: int = 1_000_000
+    save_every: int = 500
+    keep: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    eval_data: str | None = None
+    tensorboard: bool = True
+    loader_timeout: float = 600.0
+    extra: dict = field(default_factory=dict)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun, joins the process group (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def _all_min(flag: bool, device) -> bool:
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _mean(x: torch.Tensor) -> float:
+    if dist.is_initialized():
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return float(x)
+
+
+def _gather(obj):
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# --- pieces -----------------------------------------------------------------------------------
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """Weight decay on matrices only: not on gains, biases, the temperature or 1-d embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `base_lr`, then half a cosine down to zero at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def backward_batch(model, images: torch.Tensor, texts: torch.Tensor, accum_steps: int = 1,
+                   autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Loss of the whole batch and its gradients in `.grad`; with accum_steps > 1, GradCache.
+
+    GradCache (Gao et al., 2021): embed every micro-batch without a graph, take the loss and its
+    gradient with respect to the cached features once over the whole batch (so every sample
+    still sees all the batch's negatives), then re-embed each micro-batch with a graph and
+    backpropagate those feature gradients. Gradients equal the large batch's; activation memory
+    is one micro-batch's.
+    """
+    if accum_steps == 1:
+        with autocast():
+            image_f, text_f, scale = model(images, texts)
+        loss = clip_loss(image_f.float(), text_f.float(), scale.float())
+        loss.backward()
+        return loss.detach()
+    if images.shape[0] % accum_steps:
+        raise ValueError(f"batch of {images.shape[0]} does not split into {accum_steps} equal micro-batches")
+    image_chunks, text_chunks = images.chunk(accum_steps), texts.chunk(accum_steps)
+    with torch.no_grad(), autocast():
+        cached = [model(i, t) for i, t in zip(image_chunks, text_chunks)]
+    image_all = torch.cat([c[0] for c in cached]).float().requires_grad_()
+    text_all = torch.cat([c[1] for c in cached]).float().requires_grad_()
+    scale = cached[0][2].float().detach().requires_grad_()
+    loss = clip_loss(image_all, text_all, scale)
+    loss.backward()
+    image_grads, text_grads = image_all.grad.chunk(accum_steps), text_all.grad.chunk(accum_steps)
+    no_sync = getattr(model, "no_sync", None)
+    for j in range(accum_steps):
+        last = j == accum_steps - 1
+        sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
+        with sync:
+            with autocast():
+                image_f, text_f, s = model(image_chunks[j], text_chunks[j])
+            # The temperature's gradient goes in once, with the last micro-batch.
+            torch.autograd.backward([image_f.float(), text_f.float(), s.float()],
+                                    [image_grads[j], text_grads[j], scale.grad if last else torch.zeros_like(scale)])
+    return loss.detach()
+
+
+def read_captions(urls: list[str], limit: int):
+    from webdataset.tariterators import tarfile_samples
+
+    from clipforge.trainer.data import sample_text
+
+    n = 0
+    keep = lambda name: name.endswith((".txt", ".json"))   # noqa: E731
+    for sample in tarfile_samples(({"url": u} for u in urls), handler=lambda e: True, select_files=keep):
+        text = sample_text(sample)
+        if text:
+            yield text
+            n += 1
+            if n >= limit:
+                return
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.rank, self.world, self.device = setup_distributed()
+        self.main = self.rank == 0
+
+    def log(self, msg: str):
+        if self.main:
+            print(msg, flush=True)
+
+    # tokenizer: CLIP's file, the resumed run's, or learned from the captions of the shards.
+    def tokenizer(self, urls, context_length: int, resumed: dict | None) -> Tokenizer:
+        cfg, path = self.cfg, self.out / "bpe.txt.gz"
+        if resumed is not None and "bpe_merges" in resumed:
+            merges = resumed["bpe_merges"]
+        elif cfg.bpe:
+            merges = read_merges(cfg.bpe)
+        elif path.exists():
+            merges = read_merges(path)
+        else:
+            if self.main:
+                vocab = cfg.vocab_size or model_config(cfg.model).text.vocab_size
+                t0 = time.time()
+                merges = train_bpe(read_captions(urls, cfg.bpe_samples), vocab_size=vocab)
+                write_merges(path, merges)
+                self.log(f"tokenizer: {len(merges) + 514:,} ids learned from the shards' captions in "
+                         f"{time.time() - t0:.1f} s -> {path}")
+            if dist.is_initialized():
+                dist.barrier()
+            merges = read_merges(path)
+        if self.main and not path.exists():
+            write_merges(path, merges)
+        return Tokenizer(merges, context_length)
+
+    def build_model(self, tokenizer: Tokenizer, init: dict | None) -> CLIP:
+        cfg = self.cfg
+        mcfg = model_config(cfg.model)
+        if init is not None and "model_config" not in init:
+            mcfg = config_from_openai_state_dict(init["model"])
+        mcfg = mcfg.with_vocab(tokenizer.vocab_size)
+        from dataclasses import replace
+
+        mcfg = replace(mcfg, quick_gelu=cfg.quick_gelu, grad_checkpointing=cfg.grad_checkpointing)
+        torch.manual_seed(cfg.seed)
+        model = CLIP(mcfg)
+        if init is not None:
+            sd = {k.removeprefix("module."): v for k, v in init["model"].items()
+                  if k not in ("input_resolution", "context_length", "vocab_size")}
+            have = sd.get("token_embedding.weight")
+            if have is not None and have.shape[0] != tokenizer.vocab_size:
+                raise TrainingError(f"--init-from's text tower has {have.shape[0]} token ids but the tokenizer has "
+                                    f"{tokenizer.vocab_size}; pass --bpe with the checkpoint's vocabulary")
+            try:
+                model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+            except RuntimeError as e:
+                raise TrainingError(f"--init-from does not fit model {cfg.model}: {str(e).splitlines()[0]}") from None
+        return model.to(self.device)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        urls = expand_shards(cfg.train_data)
+        resumed = self._resume_payload()
+        init = load_checkpoint(cfg.init_from) if cfg.init_from and resumed is None else None
+        if resumed is None and self.main and latest_checkpoint(self.out) is not None:
+            raise TrainingError(f"{self.out} already has checkpoints; pass --resume to continue it, or choose another --out")
+        ctx = model_config(cfg.model).text.context_length
+        if init is not None and "model_config" not in init:
+            ctx = config_from_openai_state_dict(init["model"]).text.context_length
+        tokenizer = self.tokenizer(urls, ctx, resumed)
+        model = self.build_model(tokenizer, init)
+        raw = model
+        if resumed is not None:
+            raw.load_state_dict(resumed["model"])
+        if cfg.compile:
+            model = torch.compile(model)
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        optimizer = torch.optim.AdamW(param_groups(raw, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        if resumed is not None:
+            optimizer.load_state_dict(resumed["optimizer"])
+
+        # How long: steps from --steps, or epochs x (samples per epoch / global batch).
+        global_batch = cfg.batch_size * self.world
+        samples = cfg.samples_per_epoch or count_samples(urls)
+        if samples is None and cfg.steps is None:
+            raise TrainingError("no sizes.json beside the shards: pass --steps or --samples-per-epoch")
+        steps_per_epoch = (samples // global_batch) if samples else None
+        if steps_per_epoch == 0:
+            raise TrainingError(f"the global batch ({global_batch}) is larger than the {samples} samples per epoch")
+        total = cfg.steps or cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup if cfg.warmup is not None else min(2000, max(1, total // 20))
+        if cfg.resampled and steps_per_epoch is None:
+            steps_per_epoch = max(1, total // max(1, cfg.epochs))
+
+        data_cfg = DataConfig(urls, cfg.batch_size, raw.image_size, cfg.seed, cfg.workers, cfg.resampled,
+                              cfg.shuffle_buffer, cfg.augment)
+        step, epoch, in_epoch, state = 0, 0, 0, None
+        skipped: Counter = Counter()
+        if resumed is not None:
+            d = resumed["data"]
+            step, epoch, in_epoch = resumed["step"], d["epoch"], d["steps_in_epoch"]
+            if len(d["ranks"]) != self.world:
+                raise TrainingError(f"the checkpoint was written by {len(d['ranks'])} process(es); resume with as many "
+                                    f"(now {self.world})")
+            mine = d["ranks"][self.rank]
+            if mine["workers"] != max(1, cfg.workers):
+                raise TrainingError(f"the checkpoint's loader had {mine['workers']} worker(s); resume with --workers "
+                                    f"{mine['workers']}")
+            state = LoaderState(**mine)
+            skipped.update(d.get("skipped", {}))
+            self._truncate_metrics(step)
+        autocast = lambda: _autocast(self.device, cfg.precision)   # noqa: E731
+        writer = self._tensorboard(step)
+        metrics = open(self.out / "metrics.jsonl", "a") if self.main else None
+
+        n_params = sum(p.numel() for p in raw.parameters())
+        self.log(f"train: {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.device.type} x{self.world}, "
+                 f"{len(urls)} shard(s), global batch {global_batch}"
+                 f"{f' in {cfg.accum_steps} micro-batches' if cfg.accum_steps > 1 else ''}, {total} steps"
+                 f"{f' from step {step}' if step else ''}, out {self.out}")
+        t_start, t_last, step_times, last_loss = time.time(), time.time(), [], float("nan")
+        eval_result = None
+        while step < total:
+            loader = make_loader(data_cfg, tokenizer, epoch, self.rank, self.world, state,
+                                 timeout=cfg.loader_timeout, pin_memory=self.device.type == "cuda")
+            if state is None:
+                state = LoaderState(max(1, cfg.workers))
+            batches, ran_out = iter(loader), False
+            while step < total and not (cfg.resampled and in_epoch >= steps_per_epoch):
+                t0 = time.time()
+                batch = self._next_batch(batches, state, skipped)
+                if not _all_min(batch is not None, self.device):
+                    ran_out = True   # some rank has no full batch left: the epoch ends for all
+                    break
+                t_data = time.time() - t0
+                lr = cosine_lr(step, cfg.lr, warmup, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = normalize_images(batch["images"].to(self.device, non_blocking=True))
+                texts = batch["texts"].to(self.device, non_blocking=True)
+                loss = _mean(backward_batch(model, images, texts, cfg.accum_steps, autocast))
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {step + 1} (lr {lr:.3g}); stopped without writing a checkpoint"
+                        f"{'; last good one: ' + str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else ''}"
+                        " — try a lower --lr, a longer --warmup or --grad-clip 1.0")
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                clamp_logit_scale(raw)
+                step, in_epoch, last_loss = step + 1, in_epoch + 1, loss
+                dt = time.time() - t0
+                step_times = (step_times + [dt])[-50:]
+                digests = _gather(keys_digest(batch["keys"]))
+                if self.main:
+                    record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
+                              "logit_scale": float(raw.logit_scale.detach().exp()), "samples_per_s": global_batch / dt,
+                              "data_s": t_data, "step_s": dt, "keys": digests}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    if writer is not None:
+                        for k in ("loss", "lr", "logit_scale", "samples_per_s"):
+                            writer.add_scalar(f"train/{k}", record[k], step)
+                if cfg.eval_every and cfg.eval_data and (step % cfg.eval_every == 0 or step == total):
+                    eval_result = self._evaluate(raw, tokenizer, step, metrics, writer)
+                if step % cfg.log_every == 0 or step == total or step == 1:
+                    mean_dt = sum(step_times) / len(step_times)
+                    eta = (total - step) * mean_dt
+                    self.log(f"step {step}/{total} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
+                             f"scale {float(raw.logit_scale.detach().exp()):.1f} | {global_batch / mean_dt:,.0f} samples/s "
+                             f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
+                if step % cfg.save_every == 0 or step == total:
+                    self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped)
+                if step == _KILL_AT_STEP:   # crash tests: die as a killed job does, no clean-up
+                    os.kill(os.getpid(), 9)
+            del batches, loader
+            if ran_out and in_epoch == 0:
+                totals = Counter()
+                for c in _gather(dict(skipped)):
+                    totals.update(c)
+                raise NoUsableSamples(f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples "
+                                      f"({_reasons(totals)})")
+            if step < total:
+                epoch, in_epoch, state = epoch + 1, 0, None
+
+        totals: Counter = Counter()
+        for c in _gather(dict(skipped)):
+            totals.update(c)
+        summary = {"steps": step, "epochs_started": epoch + 1, "final_loss": last_loss,
+                   "samples_seen": step * global_batch, "loader_skipped": dict(totals),
+                   "seconds": round(time.time() - t_start, 1), "checkpoint": str(latest_checkpoint(self.out)),
+                   "eval": eval_result}
+        if self.main:
+            metrics.close()
+            if writer is not None:
+                writer.close()
+            (self.out / "train_stats.json").write_text(json.dumps(summary, indent=1) + "\n")
+            self.log(f"train: done, {step} steps, final loss {last_loss:.4f}, {_duration(summary['seconds'])}; "
+                     f"skipped samples: {_reasons(totals)}; checkpoint {summary['checkpoint']}")
+        return summary
+
+    def _next_batch(self, batches, state: LoaderState, skipped: Counter):
+        """The next item with images; items that only carry counts are taken into the totals."""
+        for item in batches:
+            state.consume(item)
+            skipped.update(item.get("skipped", {}))
+            if item.get("images") is not None:
+                return item
+        return None
+
+    def _resume_payload(self) -> dict | None:
+        if not self.cfg.resume:
+            return None
+        spec = self.out if self.cfg.resume == "latest" else Path(self.cfg.resume)
+        try:
+            payload = load_checkpoint(resolve_checkpoint(spec))
+        except (FileNotFoundError, ValueError) as e:
+            raise TrainingError(f"--resume: {e}") from None
+        if "optimizer" not in payload or "data" not in payload:
+            raise TrainingError("--resume needs a clipforge training checkpoint; for weights alone use --init-from")
+        theirs = payload.get("train_config", {})
+        for key in ("model", "batch_size", "seed", "accum_steps", "resampled", "shuffle_buffer"):
+            if key in theirs and theirs[key] != getattr(self.cfg, key):
+                raise TrainingError(f"--resume: the checkpoint was trained with {key}={theirs[key]!r}, "
+                                    f"not {getattr(self.cfg, key)!r}")
+        return payload
+
+    def _save(self, raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped):
+        ranks = _gather(state.to_dict())
+        all_skipped = _gather(dict(skipped))
+        if not self.main:
+            return
+        totals = Counter()
+        for c in all_skipped:
+            totals.update(c)
+        payload = {"model": raw.state_dict(), "model_config": raw.config.to_dict(), "bpe_merges": tokenizer.merges,
+                   "context_length": tokenizer.context_length, "step": step, "optimizer": optimizer.state_dict(),
+                   "train_config": asdict(self.cfg),
+                   "data": {"epoch": epoch, "steps_in_epoch": in_epoch, "ranks": ranks, "skipped": dict(totals)}}
+        save_checkpoint(self.out, step, payload, keep=self.cfg.keep)
+
+    def _truncate_metrics(self, step: int):
+        """A resumed run rewrites what came after its checkpoint."""
+        path = self.out / "metrics.jsonl"
+        if not self.main or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _tensorboard(self, step: int):
+        if not (self.main and self.cfg.tensorboard):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("train: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def _evaluate(self, raw, tokenizer, step, metrics, writer):
+        from clipforge.trainer.zeroshot import evaluate_during_training
+
+        result = evaluate_during_training(raw, tokenizer, self.cfg.eval_data, self.device)
+        if self.main and result is not None:
+            record = {"step": step, "eval": result}
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            if writer is not None:
+                for k, v in result.items():
+                    if isinstance(v, (int, float)):
+                        writer.add_scalar(f"eval/{k}", v, step)
+            self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
+                                                          if isinstance(v, float)))
+        return result
+
+
+def _reasons(counts) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def train(cfg: TrainConfig) -> dict:
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    try:
+        return Run(cfg).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
