@@ -220,8 +220,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ValueError(f"resuming needs the same loader worker count ({self.state.workers}, not {n})")
         return (self.state.last_worker + 1 + slot) % n, n
 
-    def _rng(self, *parts) -> random.Random:
-        digest = hashlib.sha256(repr((self.cfg.seed, self.epoch, self.rank) + parts).encode()).digest()
+    def _rng(self, *parts, per_rank: bool = True) -> random.Random:
+        key = (self.cfg.seed, self.epoch, self.rank if per_rank else None) + parts
+        digest = hashlib.sha256(repr(key).encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "little"))
 
     def _shard_plan(self, worker: int, workers: int):
@@ -231,7 +232,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.cfg.resampled:
             rng = self._rng("resample", worker)
             return (rng.choice(urls) for _ in iter(int, 1)), None
-        self._rng("shards").shuffle(urls)   # the same order on every rank and worker
+        self._rng("shards", per_rank=False).shuffle(urls)   # the same order on every rank and worker
         if len(urls) >= slots:
             return urls[slot::slots], None
         return urls, (slot, slots)          # too few shards: everyone reads all, keeps every slots-th sample

@@ -15,13 +15,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's rows; backward sums the gradient over ranks and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)   # all_reduce, not reduce_scatter: gloo (CPU) has no reduce_scatter
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):
     """Every rank's features, concatenated in rank order, keeping the autograd graph."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return image_features, text_features
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(image_features), dim=0), torch.cat(all_gather(text_features), dim=0)
+    return _AllGather.apply(image_features), _AllGather.apply(text_features)
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

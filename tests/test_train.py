@@ -1,0 +1,243 @@
+"""The loader and the training loop on real shards: determinism, bad samples, resume, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipforge.cli import main
+from clipforge.trainer.data import DataConfig, LoaderState, NoUsableSamples, ShardStream, expand_shards, make_loader
+from clipforge.trainer.tokenizer import Tokenizer, train_bpe
+
+from train_helpers import write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPFORGE = [sys.executable, "-m", "clipforge"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), n_shards=4, per_shard=96)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(train_bpe(["a red circle", "two blue squares on white"] * 10, vocab_size=600), 32)
+
+
+def _keys(cfg, tokenizer, epoch=0, rank=0, world=1, state=None):
+    return [k for item in make_loader(cfg, tokenizer, epoch, rank, world, state) if item["images"] is not None
+            for k in item["keys"]]
+
+
+def _run_train(args, env=None, check=True):
+    proc = subprocess.run(CLIPFORGE + ["train"] + args, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- loader ------------------------------------------------------------------------------------
+
+def test_shard_specs_expand(shards):
+    assert len(expand_shards(str(shards))) == 4
+    assert expand_shards(f"{shards}/{{000000..000001}}.tar::{shards}/000003.tar") == [
+        str(shards / "000000.tar"), str(shards / "000001.tar"), str(shards / "000003.tar")]
+    assert len(expand_shards(f"{shards}/*.tar")) == 4
+    assert expand_shards(f"pipe:cat {shards}/000000.tar") == [f"pipe:cat {shards}/000000.tar"]
+    with pytest.raises(FileNotFoundError, match="no such shard"):
+        expand_shards(str(shards / "nope.tar"))
+
+
+def test_loader_is_deterministic_and_covers_each_sample_once(shards, tokenizer):
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=16, image_size=32, seed=3, workers=2, shuffle_buffer=50)
+    first, again = _keys(cfg, tokenizer), _keys(cfg, tokenizer)
+    assert first == again
+    assert _keys(cfg, tokenizer, epoch=1) != first          # reshuffled each epoch
+    assert len(first) == len(set(first)) and len(first) >= 384 - 2 * 15   # only each worker's tail is left
+    # Two ranks read disjoint shards; together they cover the same samples.
+    r0, r1 = _keys(cfg, tokenizer, rank=0, world=2), _keys(cfg, tokenizer, rank=1, world=2)
+    assert not set(r0) & set(r1)
+    # Fewer shards than rank x worker slots: every slot reads all shards and keeps its share.
+    few = DataConfig(cfg.shards[:1], 8, 32, 3, workers=2, shuffle_buffer=10)
+    a, b = _keys(few, tokenizer, rank=0, world=2), _keys(few, tokenizer, rank=1, world=2)
+    assert not set(a) & set(b) and len(a) + len(b) >= 96 - 4 * 7
+
+
+def test_loader_batches_are_uint8_images_and_token_ids(shards, tokenizer):
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=8, image_size=48, workers=0)
+    item = next(i for i in make_loader(cfg, tokenizer, 0) if i["images"] is not None)
+    assert item["images"].dtype == torch.uint8 and item["images"].shape == (8, 3, 48, 48)
+    assert item["texts"].shape == (8, 32) and (item["texts"][:, 0] == tokenizer.sot_id).all()
+    assert len(item["keys"]) == 8 and item["cursor"] >= 8
+
+
+def test_resumed_stream_continues_with_the_same_batches(shards, tokenizer):
+    """Consume k items, rebuild the loader from the state: the rest is what the first run saw."""
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=16, image_size=32, seed=1, workers=2, shuffle_buffer=40)
+    full = [item["keys"] for item in make_loader(cfg, tokenizer, 0) if item["images"] is not None]
+    for k in (1, 4, 9):
+        state, seen = LoaderState(2), []
+        it = iter(make_loader(cfg, tokenizer, 0))
+        while len(seen) < k:
+            item = next(it)
+            state.consume(item)
+            if item["images"] is not None:
+                seen.append(item["keys"])
+        del it
+        rest = [item["keys"] for item in make_loader(cfg, tokenizer, 0, state=state) if item["images"] is not None]
+        assert seen + rest == full, k
+
+
+def _bad_samples(shard_index, writer):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buf, "PNG")
+    writer.write({"__key__": f"bad{shard_index}-a", "jpg": b"\xff\xd8\xff\xe0 not a jpeg", "txt": "broken"})
+    writer.write({"__key__": f"bad{shard_index}-b", "txt": "a caption without an image"})
+    writer.write({"__key__": f"bad{shard_index}-c", "jpg": buf.getvalue()})                # no caption
+    writer.write({"__key__": f"bad{shard_index}-d", "png": buf.getvalue(), "txt": "   "})  # empty caption
+    writer.write({"__key__": f"ok{shard_index}-e", "png": buf.getvalue(), "json": b'{"caption": "a red square"}'})
+    return 5
+
+
+def test_corrupt_samples_are_counted_and_skipped(tmp_path, tokenizer):
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=20, extra=_bad_samples)
+    cfg = DataConfig(expand_shards(str(d)), batch_size=6, image_size=32, workers=2, shuffle_buffer=5)
+    skipped, keys = Counter(), []
+    for item in make_loader(cfg, tokenizer, 0):
+        skipped.update(item["skipped"])
+        keys += item["keys"] if item["images"] is not None else []
+    assert skipped["image_undecodable"] == 2 and skipped["missing_image"] == 2
+    assert skipped["missing_text"] == 2 and skipped["empty_text"] == 2
+    assert not any(k.startswith("bad") for k in keys)
+    # Every sample ends up trained on, skipped for a reason, or in an epoch's tail.
+    assert len(keys) + sum(skipped.values()) == 2 * 25
+
+
+def test_no_usable_sample_is_an_error_not_a_hang(tmp_path, tokenizer):
+    d = tmp_path / "bad"
+    d.mkdir()
+    import webdataset as wds
+
+    with wds.TarWriter(str(d / "000000.tar")) as w:
+        for i in range(30):
+            w.write({"__key__": f"{i:04d}", "jpg": b"garbage", "txt": "a caption"})
+    (d / "sizes.json").write_text('{"000000.tar": 30}')
+    # Resampled streams are endless: a run of unusable samples must stop them.
+    cfg = DataConfig([str(d / "000000.tar")], 4, 32, workers=0, resampled=True, max_consecutive_bad=50)
+    with pytest.raises(NoUsableSamples, match="no usable sample in 50 consecutive samples"):
+        next(iter(ShardStream(cfg, tokenizer, 0)))
+    # Through the CLI: one line, exit 1, for both modes.
+    for extra in ([], ["--resampled"]):
+        proc = _run_train(["--train-data", str(d), "--out", str(tmp_path / f"run{len(extra)}"), "--model", "tiny",
+                           "--batch-size", "4", "--steps", "3", "--workers", "1"] + extra, check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("clipforge: error:") and "image_undecodable" in last and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def test_tiny_run_learns_and_writes_its_run_directory(shards, tmp_path):
+    run = tmp_path / "run"
+    proc = _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--batch-size", "64",
+                       "--epochs", "8", "--lr", "2e-3", "--save-every", "10", "--keep", "2", "--log-every", "5"])
+    m = _metrics(run)
+    assert [r["step"] for r in m] == list(range(1, len(m) + 1)) and len(m) == 8 * (384 // 64)
+    first, last = sum(r["loss"] for r in m[:3]) / 3, sum(r["loss"] for r in m[-3:]) / 3
+    assert last < 0.75 * first, (first, last)
+    assert "ETA" in proc.stdout and "samples/s" in proc.stdout
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.pt"))
+    assert ckpts == ["step_00000040.pt", "step_00000048.pt"]       # the last --keep, the final one included
+    assert not list((run / "checkpoints").glob("*.tmp*"))
+    assert (run / "bpe.txt.gz").exists() and list((run / "tensorboard").glob("events.out.tfevents.*"))
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["steps"] == 48 and stats["loader_skipped"] == {}   # 2 workers x 192 samples: no tail
+    ck = torch.load(run / "checkpoints" / "step_00000048.pt", weights_only=False)
+    assert ck["step"] == 48 and ck["model_config"]["vision"]["image_size"] == 64 and ck["bpe_merges"]
+    # A second run into the same directory must not overwrite it silently.
+    again = _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--steps", "2"], check=False)
+    assert again.returncode == 1 and "already has checkpoints" in again.stderr
+
+
+def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
+    args = ["--train-data", str(shards), "--model", "tiny", "--batch-size", "32", "--steps", "16", "--workers", "2",
+            "--save-every", "4", "--lr", "1e-3", "--shuffle-buffer", "64", "--no-tensorboard"]
+    _run_train(args + ["--out", str(tmp_path / "straight")])
+    # Killed with SIGKILL after step 14 (after an epoch boundary at 12, checkpoint at 12); resumed.
+    killed = _run_train(args + ["--out", str(tmp_path / "killed")], env={"CLIPFORGE_TEST_KILL_AT_STEP": "14"},
+                        check=False)
+    assert killed.returncode == -9
+    assert [r["step"] for r in _metrics(tmp_path / "killed")][-1] == 14
+    _run_train(args + ["--out", str(tmp_path / "killed"), "--resume"])
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "killed")
+    assert [r["step"] for r in b] == list(range(1, 17))
+    assert [r["keys"] for r in a] == [r["keys"] for r in b]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] and a[-1]["epoch"] == 1
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6), ra["step"]
+    wa = torch.load(tmp_path / "straight" / "checkpoints" / "step_00000016.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "killed" / "checkpoints" / "step_00000016.pt", weights_only=False)["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+    # Resuming with another loader layout is refused in one line.
+    bad = _run_train(args + ["--out", str(tmp_path / "killed"), "--resume", "--workers", "1", "--steps", "20"],
+                     check=False)
+    assert bad.returncode == 1 and "--workers 2" in bad.stderr
+
+
+def test_nan_loss_stops_without_a_checkpoint(shards, tmp_path):
+    proc = _run_train(["--train-data", str(shards), "--out", str(tmp_path / "r"), "--model", "tiny",
+                       "--batch-size", "32", "--steps", "5", "--lr", "1e30", "--warmup", "1", "--save-every", "1"],
+                      check=False)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "loss is nan" in line or "loss is inf" in line
+    ckpts = list((tmp_path / "r" / "checkpoints").glob("*.pt"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(ckpts) == len(steps)   # a checkpoint for each good step, none for the bad one
+
+
+def test_resampled_mode_and_accumulation_run(shards, tmp_path):
+    run = tmp_path / "r"
+    _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--batch-size", "32",
+                "--accum-steps", "4", "--resampled", "--samples-per-epoch", "128", "--epochs", "2", "--no-tensorboard"])
+    m = _metrics(run)
+    assert len(m) == 8 and [r["epoch"] for r in m] == [0] * 4 + [1] * 4
+
+
+def test_torchrun_two_processes_on_cpu(shards, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "clipforge", "train", "--train-data", str(shards), "--out", str(run), "--model", "tiny",
+           "--batch-size", "16", "--steps", "6", "--workers", "1", "--save-every", "3", "--no-tensorboard"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _metrics(run)
+    assert len(m) == 6 and all(len(r["keys"]) == 2 and r["keys"][0] != r["keys"][1] for r in m)
+    assert "x2" in proc.stdout and proc.stdout.count("train: done") == 1   # rank 0 alone reports
+    ck = torch.load(run / "checkpoints" / "step_00000006.pt", weights_only=False)
+    assert len(ck["data"]["ranks"]) == 2
+
+
+def test_cli_rejects_bad_values_in_one_line(shards, tmp_path, capsys):
+    assert main(["train", "--train-data", str(shards), "--batch-size", "10", "--accum-steps", "3"]) == 1
+    assert "does not split" in capsys.readouterr().err
+    assert main(["train", "--train-data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such shard" in capsys.readouterr().err
+    assert main(["train", "--train-data", str(shards), "--model", "ViT-Q-1", "--out", str(tmp_path / "o")]) == 1
+    assert "unknown model" in capsys.readouterr().err
