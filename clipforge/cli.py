@@ -21,6 +21,7 @@ The stages, in order (each reads the one before it):
   stats     stage outputs                        -> reports/ (HTML and Markdown report)
   train     shards                               -> runs/NAME/ (CLIP checkpoints)
   eval      checkpoint + labelled images         -> zero-shot accuracy, retrieval recall
+  score     checkpoint + pairs                   -> CLIP score of each pair (parquet)
   demo      all of the above on an offline demo web served on 127.0.0.1
 
 Every stage run with no arguments works on the demo web (data/demo/).
@@ -46,9 +47,6 @@ def _formatter(prog):
 # --- stages not built yet ---------------------------------------------------------------------
 
 _PENDING = {
-    "eval": ("zero-shot classification and retrieval of a CLIP checkpoint",
-             "Zero-shot top-1/top-5 accuracy on an ImageFolder or WebDataset test set and\n"
-             "image<->text recall@k on held-out shards.", 7),
     "stats": ("dataset report (HTML, Markdown, PNG plots, stats.json) from the stages' outputs",
               "Funnels, per-query counts before and after balancing, languages, sizes, failures\n"
               "and a contact sheet of samples.", 8),
@@ -434,6 +432,135 @@ def _train(a):
     return 0
 
 
+# --- eval and score ---------------------------------------------------------------------------
+
+def _add_eval(sub):
+    p = sub.add_parser(
+        "eval", help="zero-shot classification and retrieval of a CLIP checkpoint", formatter_class=_formatter,
+        description=(
+            "Zero-shot classification (top-1, top-5, mean per-class recall, confusion matrix plot) on\n"
+            "ImageFolder trees or labelled WebDataset shards (.cls, or label in .json), with class\n"
+            "embeddings from an ensemble of prompt templates; image<->text recall@1/5/10 on paired\n"
+            "shards. Writes eval.json (every metric) and confusion_*.png; prints a short table.\n\n"
+            "With no arguments: the demo run's latest checkpoint on the demo world's held-out sets."))
+    p.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="a clipforge checkpoint or run directory, or OpenAI-format weights (with --bpe) "
+                        "(default: data/demo/runs/tiny)")
+    p.add_argument("--imagefolder", action="append", default=[], metavar="DIR",
+                   help="ImageFolder tree ROOT/CLASS/IMAGE (repeatable)")
+    p.add_argument("--wds", action="append", default=[], metavar="SHARDS", help="labelled test shards (repeatable)")
+    p.add_argument("--retrieval", action="append", default=[], metavar="SHARDS", help="image-text shards (repeatable)")
+    p.add_argument("--classnames", default=None, help="class names, one per line in label order "
+                                                     "(needed for --wds; for ImageFolder default: folder names)")
+    p.add_argument("--templates", default=None, help="prompt templates, one per line with {} (default: built-in set)")
+    p.add_argument("--bpe", default=None, help="BPE merges file for OpenAI-format weights (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval, or ./eval)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
+    p.add_argument("--workers", type=int, default=2, help="image loading processes (default: 2)")
+    p.set_defaults(func=_eval, parser=p)
+
+
+def _device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _eval(a):
+    from clipforge.trainer.checkpoint import resolve_checkpoint
+    from clipforge.trainer.zeroshot import (TEMPLATES, evaluate_imagefolder, evaluate_retrieval, evaluate_wds,
+                                            load_model, plot_confusion, read_templates, table, write_json)
+
+    demo = a.checkpoint is None
+    ckpt = resolve_checkpoint(DEMO_RUN if demo else a.checkpoint)
+    folders = a.imagefolder
+    if demo and not (folders or a.wds or a.retrieval):
+        folders = [str(DEFAULT_WORLD / "heldout" / "shape"), str(DEFAULT_WORLD / "heldout" / "colour")]
+    if not (folders or a.wds or a.retrieval):
+        raise UserError("nothing to evaluate: pass --imagefolder, --wds or --retrieval")
+    if a.batch_size < 1 or a.workers < 0:
+        raise UserError("--batch-size must be positive and --workers not negative")
+    templates = read_templates(a.templates) if a.templates else TEMPLATES
+    device = _device()
+    model, tokenizer = load_model(ckpt, a.bpe, device)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    out = Path(a.out) if a.out else (run_dir / "eval" if run_dir else Path("eval"))
+    results, names = {}, set()
+
+    def name_of(spec):
+        base = Path(str(spec).split("::")[0].split("{")[0]).name or Path(str(spec)).parent.name
+        base = base.removesuffix(".tar") or "set"
+        n, i = base, 2
+        while n in names:
+            n, i = f"{base}-{i}", i + 1
+        names.add(n)
+        return n
+
+    kw = dict(device=device, batch_size=a.batch_size, workers=a.workers)
+    for folder in folders:
+        results[name_of(folder)] = evaluate_imagefolder(model, tokenizer, folder, a.classnames, templates, **kw)
+    for shards in a.wds:
+        results[name_of(shards)] = evaluate_wds(model, tokenizer, shards, a.classnames, templates, **kw)
+    for shards in a.retrieval:
+        results[name_of(shards)] = evaluate_retrieval(model, tokenizer, shards, **kw)
+    for name, r in results.items():
+        if "confusion_matrix" in r:
+            plot_confusion(r["confusion_matrix"], r["classnames"],
+                           out / f"confusion_{name}.png", f"{name}: top-1 {100 * r['top1']:.1f}% "
+                           f"(chance {100 * r['chance_top1']:.1f}%), {ckpt.name}")
+    write_json(out / "eval.json", {"checkpoint": str(ckpt), "templates": len(templates), "results": results})
+    print(table(results))
+    print(f"eval: {ckpt} -> {out / 'eval.json'}" + (", confusion_*.png" if any("top1" in r for r in results.values()) else ""))
+    return 0
+
+
+def _add_score(sub):
+    p = sub.add_parser(
+        "score", help="CLIP score (image-text cosine similarity) of every pair in shards or parquet",
+        formatter_class=_formatter,
+        description=("The cosine similarity of each pair's image and text embeddings, the CLIP-score\n"
+                     "filter LAION and DataComp used; writes a parquet of key, caption, similarity."))
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="clipforge checkpoint or OpenAI-format weights")
+    p.add_argument("--pairs", required=True, help="shards (directory, brace pattern, pipe:) or parquet with image bytes")
+    p.add_argument("--out", required=True, help="output parquet file")
+    p.add_argument("--bpe", default=None, help="BPE merges file for OpenAI-format weights")
+    p.add_argument("--batch-size", type=int, default=256, help="pairs per batch (default: 256)")
+    p.add_argument("--workers", type=int, default=2, help="image loading processes (default: 2)")
+    p.set_defaults(func=_score, parser=p)
+
+
+def _score(a):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipforge.trainer.evalsets import parquet_pairs, shard_samples
+    from clipforge.trainer.zeroshot import load_model, score_pairs
+
+    model, tokenizer = load_model(a.checkpoint, a.bpe, _device())
+    src = Path(a.pairs)
+    t0 = time.time()
+    if src.suffix == ".parquet" or (src.is_dir() and not list(src.glob("*.tar")) and list(src.glob("*.parquet"))):
+        batches, skipped = parquet_pairs(src, model.image_size, a.batch_size)
+    else:
+        batches, skipped = shard_samples(a.pairs, model.image_size, "text", a.batch_size, a.workers)
+    keys, captions, sims = score_pairs(model, tokenizer, batches, _device())
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
+                      "similarity": pa.array(sims, pa.float32())})
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    dt = time.time() - t0
+    import numpy as np
+
+    q = np.quantile(sims, [0.1, 0.5, 0.9]) if len(sims) else [float("nan")] * 3
+    skip = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
+    print(f"score: {len(sims):,} pairs in {dt:.1f} s ({len(sims) / max(dt, 1e-9):,.0f}/s); similarity p10 {q[0]:.3f} "
+          f"median {q[1]:.3f} p90 {q[2]:.3f}; skipped: {skip} -> {out}")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo_generate(a):
@@ -558,8 +685,9 @@ def build_parser():
     _add_crawl(sub)
     _add_shard(sub)
     _add_train(sub)
-    for name in ("stats", "eval"):
-        _add_pending(sub, name)
+    _add_eval(sub)
+    _add_score(sub)
+    _add_pending(sub, "stats")
     _add_demo(sub)
     return p
 

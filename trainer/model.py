@@ -76,6 +76,7 @@ CONFIGS = {
     "ViT-B-16": CLIPConfig(512, VisionConfig(224, 12, 768, 16)),
     "ViT-L-14": CLIPConfig(768, VisionConfig(224, 24, 1024, 14), TextConfig(77, 49408, 768, 12, 12)),
     "tiny": CLIPConfig(128, VisionConfig(64, 4, 128, 8, heads=4), TextConfig(32, 49408, 128, 4, 4)),
+    "tiny-rn": CLIPConfig(128, VisionConfig(64, (1, 1, 1, 1), 32), TextConfig(32, 49408, 128, 4, 4)),
 }
 
 

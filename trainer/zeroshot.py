@@ -1,0 +1,294 @@
+"""Zero-shot evaluation as CLIP evaluated itself: classification from prompts, retrieval, scoring.
+
+Classification: each class's embedding is the mean of the normalised text embeddings of its
+prompts (one per template), normalised again; an image's prediction is the class of highest
+cosine similarity. Metrics: top-1, top-5, mean per-class recall, and the confusion matrix.
+Retrieval: image->text and text->image recall@1/5/10 over paired image–text samples.
+Scoring: the cosine similarity of each pair (the CLIP-score filter of LAION and DataComp).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipforge.trainer.checkpoint import load_checkpoint, resolve_checkpoint
+from clipforge.trainer.data import normalize_images
+from clipforge.trainer.model import CLIP, CLIPConfig, config_from_openai_state_dict, openai_state_dict
+from clipforge.trainer.tokenizer import Tokenizer, read_merges
+
+# Our default prompt set: the label in the phrasings web captions use for photos and pictures.
+TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a drawing of a {}.",
+    "a painting of a {}.",
+    "a sketch of a {}.",
+    "a cartoon {}.",
+    "a small {}.",
+    "a large {}.",
+    "a {} on a plain background.",
+    "a blurry photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a low resolution photo of a {}.",
+    "{}",
+)
+
+
+def read_templates(path: str | Path) -> list[str]:
+    from clipforge.trainer.evalsets import read_lines
+
+    templates = read_lines(path)
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ValueError(f"{path}: each template needs exactly one {{}} for the class name"
+                         f"{f' (not: {bad[0]!r})' if bad else ' (no templates)'}")
+    return templates
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def load_model(checkpoint: str | Path, bpe: str | Path | None = None, device="cpu") -> tuple[CLIP, Tokenizer]:
+    """A clipforge checkpoint (tokenizer inside) or OpenAI-format weights with CLIP's BPE file."""
+    path = resolve_checkpoint(checkpoint)
+    ck = load_checkpoint(path)
+    if "model_config" in ck:
+        cfg = CLIPConfig.from_dict(ck["model_config"])
+        merges = read_merges(bpe) if bpe else ck.get("bpe_merges")
+        sd = ck["model"]
+    else:
+        sd = openai_state_dict(ck["model"])
+        cfg = config_from_openai_state_dict(sd)
+        if not bpe:
+            raise ValueError(f"{path}: OpenAI-format weights carry no vocabulary; pass --bpe "
+                             "(CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        merges = read_merges(bpe)
+    tokenizer = Tokenizer(merges, cfg.text.context_length)
+    if tokenizer.vocab_size != cfg.text.vocab_size:
+        raise ValueError(f"{path}: the model has {cfg.text.vocab_size} token ids, the vocabulary {tokenizer.vocab_size}")
+    model = CLIP(cfg)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
+    return model.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def class_embeddings(model, tokenizer, classnames: list[str], templates=TEMPLATES, device="cpu") -> torch.Tensor:
+    """[classes, dim]: per class, the renormalised mean of its prompts' normalised embeddings."""
+    out = []
+    for name in classnames:
+        tokens = tokenizer([t.format(name) for t in templates]).to(device)
+        emb = F.normalize(model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+        out.append(F.normalize(emb, dim=-1))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def image_embeddings(model, images: torch.Tensor, device="cpu") -> torch.Tensor:
+    x = normalize_images(images.to(device))
+    return F.normalize(model.encode_image(x).float(), dim=-1)
+
+
+@torch.no_grad()
+def text_embeddings(model, tokenizer, texts: list[str], device="cpu", batch_size: int = 512) -> torch.Tensor:
+    out = [F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1)
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
+    n_classes = len(classnames)
+    k = min(5, n_classes)
+    topk = logits.topk(k, dim=1).indices
+    correct = topk == labels[:, None]
+    pred = topk[:, 0]
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    cm.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    support = cm.sum(dim=1)
+    recall = cm.diag().double() / support.clamp(min=1).double()
+    present = support > 0
+    return {
+        "top1": float(correct[:, 0].float().mean()),
+        "top5": float(correct.any(dim=1).float().mean()),
+        "mean_per_class_recall": float(recall[present].mean()),
+        "per_class_recall": {classnames[i]: float(recall[i]) for i in range(n_classes) if present[i]},
+        "samples": int(len(labels)),
+        "classes": n_classes,
+        "classnames": list(classnames),
+        "chance_top1": 1 / n_classes,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """Pair i is (image i, text i). The rank of the true match is 1 + the number scoring strictly higher."""
+    sim = image_emb @ text_emb.T
+    true = sim.diag()
+    i2t_rank = 1 + (sim > true[:, None]).sum(dim=1)     # per image, among all texts
+    t2i_rank = 1 + (sim > true[None, :]).sum(dim=0)     # per text, among all images
+    out = {"pairs": int(len(true))}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = float((i2t_rank <= k).float().mean())
+        out[f"text_to_image_R@{k}"] = float((t2i_rank <= k).float().mean())
+    out["mean_R@1"] = (out["image_to_text_R@1"] + out["text_to_image_R@1"]) / 2
+    return out
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATES, device="cpu") -> dict:
+    """`batches` yields (uint8 images, int labels); returns the metrics of classification_metrics."""
+    classes = class_embeddings(model, tokenizer, classnames, templates, device)
+    logits, labels = [], []
+    for images, y in batches:
+        logits.append(image_embeddings(model, images, device) @ classes.T)
+        labels.append(torch.as_tensor(y))
+    if not logits:
+        raise ValueError("the evaluation set has no usable image")
+    top = int(torch.cat(labels).max())
+    if top >= len(classnames) or int(torch.cat(labels).min()) < 0:
+        raise ValueError(f"the evaluation set has label {top}, but there are {len(classnames)} class names")
+    result = classification_metrics(torch.cat(logits).cpu(), torch.cat(labels).long(), classnames)
+    result["templates"] = len(templates)
+    return result
+
+
+def evaluate_imagefolder(model, tokenizer, root, classnames_file=None, templates=TEMPLATES, device="cpu",
+                         batch_size=256, workers=2) -> dict:
+    from clipforge.trainer.evalsets import folder_batches, image_folder
+
+    files, labels, names = image_folder(root, classnames_file)
+    unreadable = Counter()
+
+    def batches():
+        for images, y, ok in folder_batches(files, labels, model.image_size, batch_size, workers):
+            unreadable["image_undecodable"] += int((~ok).sum())
+            if ok.any():
+                yield images[ok], y[ok]
+
+    result = zero_shot_classify(model, tokenizer, batches(), names, templates, device)
+    result["skipped"] = {k: v for k, v in unreadable.items() if v}
+    return result
+
+
+def evaluate_wds(model, tokenizer, shards, classnames_file, templates=TEMPLATES, device="cpu",
+                 batch_size=256, workers=2) -> dict:
+    from clipforge.trainer.evalsets import read_lines, shard_samples
+
+    if not classnames_file:
+        raise ValueError("--wds needs --classnames (one class name per line, in label order)")
+    names = read_lines(classnames_file)
+    batches, skipped = shard_samples(shards, model.image_size, "label", batch_size, workers)
+    pairs = ((b["images"], torch.tensor(b["values"])) for b in batches)
+    result = zero_shot_classify(model, tokenizer, pairs, names, templates, device)
+    result["skipped"] = dict(skipped)
+    return result
+
+
+def evaluate_retrieval(model, tokenizer, shards, device="cpu", batch_size=256, workers=2) -> dict:
+    from clipforge.trainer.evalsets import shard_samples
+
+    batches, skipped = shard_samples(shards, model.image_size, "text", batch_size, workers)
+    images, texts = [], []
+    for b in batches:
+        images.append(image_embeddings(model, b["images"], device))
+        texts.append(text_embeddings(model, tokenizer, b["values"], device))
+    if not images:
+        raise ValueError(f"{shards}: no usable image-text pair")
+    result = retrieval_metrics(torch.cat(images).cpu(), torch.cat(texts).cpu())
+    result["skipped"] = dict(skipped)
+    return result
+
+
+def evaluate_during_training(model, tokenizer, eval_data, device) -> dict | None:
+    """Zero-shot top-1/top-5 on an ImageFolder tree, from inside the training loop (model restored to train)."""
+    was_training = model.training
+    model.eval()
+    try:
+        r = evaluate_imagefolder(model, tokenizer, eval_data, device=device, workers=0)
+    finally:
+        model.train(was_training)
+    return {"top1": r["top1"], "top5": r["top5"], "mean_per_class_recall": r["mean_per_class_recall"],
+            "chance_top1": r["chance_top1"]}
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, batches, device="cpu"):
+    """(keys, captions, cosine similarities) of every pair the batches yield."""
+    keys, captions, scores = [], [], []
+    for b in batches:
+        img = image_embeddings(model, b["images"], device)
+        txt = text_embeddings(model, tokenizer, b["values"], device)
+        scores.append((img * txt).sum(dim=-1).cpu())
+        keys += b["keys"]
+        captions += b["values"]
+    return keys, captions, (torch.cat(scores).numpy() if scores else np.zeros(0, np.float32))
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def plot_confusion(cm, classnames, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, dtype=float)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classnames)
+    size = min(4 + 0.35 * n, 30)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    if n <= 60:
+        ax.set_xticks(range(n), classnames, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), classnames, fontsize=8)
+        if n <= 25:
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                                color="black" if rows[i, j] > 0.5 else "white")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: dict) -> str:
+    """A short console table: one row per evaluation set."""
+    rows = []
+    for name, r in results.items():
+        if "top1" in r:
+            rows.append((name, f"top-1 {100 * r['top1']:.1f}%", f"top-5 {100 * r['top5']:.1f}%",
+                         f"mean recall {100 * r['mean_per_class_recall']:.1f}%",
+                         f"chance {100 * r['chance_top1']:.1f}%", f"{r['samples']} images"))
+        else:
+            rows.append((name, f"image->text R@1/5/10 {_r(r, 'image_to_text')}",
+                         f"text->image R@1/5/10 {_r(r, 'text_to_image')}", f"{r['pairs']} pairs"))
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows)
+
+
+def _r(r, prefix):
+    return "/".join(f"{100 * r[f'{prefix}_R@{k}']:.1f}" for k in (1, 5, 10))
+
+
+def write_json(path: Path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
