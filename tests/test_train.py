@@ -14,7 +14,7 @@ from clipforge.cli import main
 from clipforge.trainer.data import DataConfig, LoaderState, NoUsableSamples, ShardStream, expand_shards, make_loader
 from clipforge.trainer.tokenizer import Tokenizer, train_bpe
 
-from train_helpers import write_shards
+from train_helpers import write_heldout, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPFORGE = [sys.executable, "-m", "clipforge"]
@@ -217,6 +217,18 @@ def test_resampled_mode_and_accumulation_run(shards, tmp_path):
                 "--accum-steps", "4", "--resampled", "--samples-per-epoch", "128", "--epochs", "2", "--no-tensorboard"])
     m = _metrics(run)
     assert len(m) == 8 and [r["epoch"] for r in m] == [0] * 4 + [1] * 4
+
+
+def test_zero_shot_eval_during_training_goes_to_metrics(shards, tmp_path):
+    held = write_heldout(tmp_path / "held")
+    run = tmp_path / "r"
+    proc = _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--batch-size", "32",
+                       "--steps", "6", "--eval-every", "3", "--eval-data", str(held), "--no-tensorboard"])
+    evals = [r for r in _metrics(run) if "eval" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(0 <= r["eval"]["top1"] <= 1 and r["eval"]["chance_top1"] == pytest.approx(1 / 12) for r in evals)
+    assert "eval at step 6" in proc.stdout
+    assert json.loads((run / "train_stats.json").read_text())["eval"]["top1"] == evals[-1]["eval"]["top1"]
 
 
 def test_torchrun_two_processes_on_cpu(shards, tmp_path):

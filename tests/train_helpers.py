@@ -41,3 +41,13 @@ def write_shards(out: Path, n_shards: int = 4, per_shard: int = 96, seed: int = 
         sizes[name] = n
     (out / "sizes.json").write_text(json.dumps(sizes))
     return out
+
+
+def write_heldout(out: Path, per_class: int = 2, seed: int = 1) -> Path:
+    """An ImageFolder tree of the shapes (OUT/<shape>/<n>.jpg), as the demo world's held-out set."""
+    rng = random.Random(seed)
+    for shape in concepts.SHAPES:
+        (out / shape).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            (out / shape / f"{j}.jpg").write_bytes(jpeg(concepts.sample_attributes(rng, shape=shape), rng))
+    return out

@@ -152,7 +152,7 @@ def backward_batch(model, images: torch.Tensor, texts: torch.Tensor, accum_steps
     gradient with respect to the cached features once over the whole batch (so every sample
     still sees all the batch's negatives), then re-embed each micro-batch with a graph and
     backpropagate those feature gradients. Gradients equal the large batch's; activation memory
-    is one micro-batch's.
+    is one micro-batch's. (With batch norm, the ResNets, statistics are per micro-batch.)
     """
     if accum_steps == 1:
         with autocast():
