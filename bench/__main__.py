@@ -1,6 +1,8 @@
 """python -m bench [NAME ...]: run the benchmarks (all, or those whose module name matches)."""
 
+import dataclasses
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -9,6 +11,7 @@ from pathlib import Path
 from bench import harness
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"   # every section's last measurement; BENCHMARKS.md is written from it
 
 
 def main(argv):
@@ -19,15 +22,20 @@ def main(argv):
         print("bench: no benchmarks registered yet; they arrive with the crawl, shard and train stages",
               file=sys.stderr)
         return 3
-    results = []
+    from datetime import datetime, timezone
+
+    sections = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    command = "make bench" + (f" ARGS='{' '.join(argv)}'" if argv else "")
     with tempfile.TemporaryDirectory(prefix="clipforge-bench-") as tmp:
         os.chmod(tmp, 0o755)  # servers started by benchmarks (nginx's workers run as nobody) read files here
         for name in modules:
             print(f"{name}:", flush=True)
             mod = importlib.import_module(f"bench.{name}")
-            for comparison in mod.benchmarks(Path(tmp) / name):
-                results.append(harness.run(comparison))
-    text = harness.markdown(results, "make bench" + (f" ARGS='{' '.join(argv)}'" if argv else ""))
+            rows = [dataclasses.asdict(harness.run(c)) for c in mod.benchmarks(Path(tmp) / name)]
+            sections[name] = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": command,
+                              "machine": harness.machine_line(), "rows": rows}
+            RESULTS.write_text(json.dumps(dict(sorted(sections.items())), indent=1) + "\n")
+    text = harness.markdown(dict(sorted(sections.items())))
     (HERE.parent / "BENCHMARKS.md").write_text(text)
     print(text)
     return 0

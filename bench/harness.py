@@ -155,27 +155,37 @@ def _rate(x):
     return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
 
 
-def markdown(results, command, packages=("clipforge", "img2dataset", "apache-beam", "torch", "webdataset")):
+def markdown(sections, packages=("clipforge", "img2dataset", "apache-beam", "torch", "webdataset")):
+    """BENCHMARKS.md from {module: {"measured", "command", "machine", "rows": [Result dicts]}}."""
     m = machine()
     lines = [
         "# Benchmarks",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}` on {m['cpu']}, "
-        f"{m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['os']}.",
+        f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB, Python {m['python']}, {m['os']}.",
         "Versions: " + ", ".join(f"{p} {_version(p)}" for p in packages) + ".",
         "",
         "Each row runs clipforge and the peer on the same input in the same process run, alternating, "
-        "and reports medians. Ratio = peer time / clipforge time (above 1: clipforge is faster).",
-        "",
-        "| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
-        "|---|---|---|---|---|---|---|",
+        "and reports medians. Ratio = peer time / clipforge time (above 1: clipforge is faster). "
+        "`make bench` runs every section; `make bench ARGS=NAME` reruns one and keeps the others.",
     ]
-    for r in results:
-        mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"
-               if r.ours_rss and r.peer_rss else "")
-        lines.append(f"| {r.name} | {r.input} | {_rate(r.ours_rate)} {r.unit}/s | {r.peer_name} | "
-                     f"{_rate(r.peer_rate)} {r.unit}/s | **{r.ratio:.2f}x** | {mem} |")
-    notes = [f"- **{r.name}**: {r.notes}" for r in results if r.notes]
-    if notes:
-        lines += ["", "Notes:", ""] + notes
+    for module, sec in sections.items():
+        results = [Result(**row) for row in sec["rows"]]
+        lines += ["", f"## {module.removeprefix('bench_')}", "",
+                  f"Measured {sec['measured']} with `{sec['command']}` on {sec['machine']}.", "",
+                  "| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results:
+            mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"
+                   if r.ours_rss and r.peer_rss else "")
+            lines.append(f"| {r.name} | {r.input} | {_rate(r.ours_rate)} {r.unit}/s | {r.peer_name} | "
+                         f"{_rate(r.peer_rate)} {r.unit}/s | **{r.ratio:.2f}x** | {mem} |")
+        notes = [f"- **{r.name}**: {r.notes}" for r in results if r.notes]
+        if notes:
+            lines += ["", "Notes:", ""] + notes
     return "\n".join(lines) + "\n"
+
+
+def machine_line():
+    m = machine()
+    return f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB"

@@ -19,9 +19,12 @@ def test_ratio_is_peer_time_over_ours_and_report_lists_it():
     assert len(r.ours_s) == len(r.peer_s) == 3
     r.ours_s, r.peer_s = [1.0, 2.0, 9.0], [4.0, 6.0, 5.0]  # medians 2 and 5
     assert r.ratio == 2.5 and r.ours_rate == 5000 and r.peer_rate == 2000
-    md = harness.markdown([r], "make bench")
+    import dataclasses
+
+    md = harness.markdown({"bench_toy": {"measured": "2026-01-01 00:00 UTC", "command": "make bench",
+                                         "machine": "a CPU, 2 cores", "rows": [dataclasses.asdict(r)]}})
     assert "| sum | range(10000) | 5,000 numbers/s | naive | 2,000 numbers/s | **2.50x** |  |" in md
-    assert "cores" in md and "- **sum**: toy" in md
+    assert "cores" in md and "- **sum**: toy" in md and "## toy" in md and "Measured 2026-01-01" in md
 
 
 def test_subprocess_benchmarks_record_peak_memory_of_the_process_tree():
@@ -32,5 +35,8 @@ def test_subprocess_benchmarks_record_peak_memory_of_the_process_tree():
     c = harness.Comparison(name="mem", ours=small, peer=hold, peer_name="big", items=1, repeats=1)
     r = harness.run(c, log=lambda *_: None)
     assert r.peer_rss[0] > r.ours_rss[0] + (48 << 20)
-    md = harness.markdown([r], "make bench")
+    import dataclasses
+
+    md = harness.markdown({"bench_mem": {"measured": "now", "command": "make bench", "machine": "here",
+                                         "rows": [dataclasses.asdict(r)]}})
     assert " MiB / " in md
