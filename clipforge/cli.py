@@ -44,28 +44,6 @@ def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-# --- stages not built yet ---------------------------------------------------------------------
-
-_PENDING = {
-    "stats": ("dataset report (HTML, Markdown, PNG plots, stats.json) from the stages' outputs",
-              "Funnels, per-query counts before and after balancing, languages, sizes, failures\n"
-              "and a contact sheet of samples.", 8),
-}
-
-
-def _add_pending(sub, name):
-    summary, detail, issue = _PENDING[name]
-    p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{detail}\n\n"
-                       f"Not built yet: this stage arrives with issue {issue}.", formatter_class=_formatter)
-    p.set_defaults(func=lambda a, n=name, i=issue: _pending(n, i), pending=True)
-
-
-def _pending(name, issue):
-    print(f"clipforge {name}: this stage is not built yet (issue {issue}); see README.md for what works today",
-          file=sys.stderr)
-    return 3
-
-
 # --- queries --------------------------------------------------------------------------------
 
 BEAM_HELP = ("Beam's own flags pass through: without --runner the stage runs on the local FnApiRunner\n"
@@ -561,6 +539,42 @@ def _score(a):
     return 0
 
 
+# --- stats ----------------------------------------------------------------------------------
+
+def _add_stats(sub):
+    p = sub.add_parser(
+        "stats", help="dataset report (HTML, Markdown, PNG plots, stats.json) from the stages' outputs",
+        formatter_class=_formatter,
+        description=(
+            "Read what the stages wrote (queries_stats.json, crawl_stats.json, pairs-*.parquet,\n"
+            "query_counts.parquet, shard index parquets, sizes.json, the tars) and write report.html\n"
+            "(self-contained), report.md, the plots as PNG and stats.json: funnels, per-query counts\n"
+            "before and after balancing, sources, languages, sizes, failures, shards, a contact sheet.\n\n"
+            "With no --data it reports on the demo run (data/demo/) into data/demo/reports/."))
+    p.add_argument("--data", nargs="+", default=None, metavar="DIR",
+                   help="stage output directories (queries/, pairs/, shards/) or a directory holding them")
+    p.add_argument("--out", default=None, help="report directory (default: reports, or data/demo/reports)")
+    p.add_argument("--samples", type=int, default=36, help="samples on the contact sheet (default: 36)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the contact sheet's sample (default: 0)")
+    p.set_defaults(func=_stats, parser=p)
+
+
+def _stats(a):
+    from clipforge.stats.stage import StatsConfig, run
+
+    data, out = a.data, a.out
+    if data is None:
+        if not (DEMO_SHARDS / "shard_stats.json").exists():
+            _shard(build_parser().parse_args(["shard"]), [])
+        data, out = ["data/demo"], out or "data/demo/reports"
+    if a.samples < 0:
+        raise UserError("--samples must not be negative")
+    s = run(StatsConfig(data=data, out=out or "reports", samples=a.samples, seed=a.seed))
+    print(f"stats: report of {', '.join(s['inputs'])} in {s['seconds']} s -> {Path(out or 'reports') / 'report.html'} "
+          f"(also report.md, stats.json, {len(s['plots'])} PNGs)")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo_generate(a):
@@ -687,7 +701,7 @@ def build_parser():
     _add_train(sub)
     _add_eval(sub)
     _add_score(sub)
-    _add_pending(sub, "stats")
+    _add_stats(sub)
     _add_demo(sub)
     return p
 
@@ -695,7 +709,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not (getattr(args, "pending", False) or getattr(args, "beam", False)):
+    if extra and not getattr(args, "beam", False):
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_logging()
     if not hasattr(args, "func"):
