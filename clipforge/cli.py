@@ -306,7 +306,7 @@ def _shard(a, beam_flags):
 DEMO_SHARDS = Path("data/demo/shards")
 DEMO_RUN = Path("data/demo/runs/tiny")
 # The demo's tiny run: small enough for two CPU cores in a few minutes.
-DEMO_TRAIN = {"model": "tiny", "batch_size": 128, "epochs": 12, "lr": 1e-3, "weight_decay": 0.1,
+DEMO_TRAIN = {"model": "tiny", "batch_size": 128, "epochs": 16, "lr": 1e-3, "weight_decay": 0.1,
               "save_every": 100, "log_every": 20}
 
 
@@ -332,7 +332,7 @@ def _add_train(sub):
     d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
     d.add_argument("--accum-steps", type=int, default=1,
                    help="split each step's batch into this many micro-batches, keeping all negatives (default: 1)")
-    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 12)")
+    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 16)")
     d.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     d.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-4; demo 1e-3)")
     d.add_argument("--wd", type=float, default=None, help="weight decay of matrices (default: 0.2; demo 0.1)")
@@ -611,6 +611,8 @@ def _demo_serve(a):
 
 
 def _demo_chain(a):
+    """Every stage on the demo web, reusing finished ones: the README's first command."""
+    import json
     import shutil
 
     from clipforge.demo.server import DemoServer
@@ -618,9 +620,14 @@ def _demo_chain(a):
 
     if a.world != DEFAULT_WORLD:
         raise UserError(f"the chain runs on {DEFAULT_WORLD}; for another world use `clipforge demo generate --out`")
+    if a.epochs is not None and a.epochs < 1:
+        raise UserError("--epochs must be positive")
+    t0 = time.time()
     if a.fresh:
-        for d in ("data/demo/queries", "data/demo/pairs", "data/demo/shards"):
+        for d in ("data/demo/queries", "data/demo/pairs", "data/demo/shards", "data/demo/reports", DEMO_RUN):
             shutil.rmtree(d, ignore_errors=True)
+    banner = lambda n, what: print(f"\n== [{n}/7] {what} ({_elapsed(t0)}) ==", flush=True)   # noqa: E731
+    banner(1, "demo web")
     gen = argparse.Namespace(out=a.world, seed=a.seed, size=a.size, port=0, heldout_per_class=20, force=a.fresh)
     _demo_generate(gen)
     m = load_manifest(a.world)
@@ -630,20 +637,49 @@ def _demo_chain(a):
         ok = sum(s.get(srv.url(f"pages/p{p:05d}.html"), timeout=5).status_code == 200
                  for p in range(m["counts"]["pages"]))
         print(f"demo web up at {srv.base_url}/: {ok}/{m['counts']['pages']} pages answer")
-    # each stage is reused when its outputs exist (--fresh starts over); shard resumes by itself
+    # Each stage is reused when its outputs exist (--fresh starts over); shard and train resume by themselves.
+    banner(2, "query list")
     if not Path("data/demo/queries/queries_stats.json").exists():
         _queries(build_parser().parse_args(["queries"]), [])
     else:
         print("queries: reusing data/demo/queries")
+    banner(3, "crawl")
     if not Path("data/demo/pairs/crawl_stats.json").exists():
         _crawl(build_parser().parse_args(["crawl"]), [])
     else:
         print("crawl: reusing data/demo/pairs")
+    banner(4, "shard")
     _shard(build_parser().parse_args(["shard"]), [])
-    pending = ["stats", "train", "eval"]
-    print(f"clipforge demo: world, queries, crawl and shard done (data/demo/); not built yet: {', '.join(pending)}",
-          file=sys.stderr)
-    return 3
+    banner(5, "stats")
+    _stats(build_parser().parse_args(["stats"]))
+    banner(6, "train")
+    train_args = ["train"] + (["--epochs", str(a.epochs)] if a.epochs else [])
+    if (DEMO_RUN / "train_stats.json").exists():
+        print(f"train: reusing {DEMO_RUN} (finished)")
+    else:
+        from clipforge.trainer.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(DEMO_RUN) is not None:
+            print(f"train: resuming {DEMO_RUN}")
+            train_args.append("--resume")
+        _train(build_parser().parse_args(train_args))
+    banner(7, "zero-shot eval")
+    _eval(build_parser().parse_args(["eval"]))
+    results = json.loads((DEMO_RUN / "eval" / "eval.json").read_text())["results"]
+    print(f"\nclipforge demo: done in {_elapsed(t0)}. Outputs:")
+    for what, where in (("demo web", a.world), ("query list", "data/demo/queries"), ("pairs", "data/demo/pairs"),
+                        ("shards", "data/demo/shards"), ("report", "data/demo/reports/report.html"),
+                        ("run", DEMO_RUN), ("eval", DEMO_RUN / "eval" / "eval.json")):
+        print(f"  {what:<11} {where}")
+    for name, r in results.items():
+        print(f"zero-shot {name}: top-1 {100 * r['top1']:.1f}% on {r['samples']} held-out images "
+              f"({r['classes']} classes, chance {100 * r['chance_top1']:.1f}%, {r['top1'] / r['chance_top1']:.1f}x chance)")
+    return 0
+
+
+def _elapsed(t0):
+    s = int(time.time() - t0)
+    return f"{s // 60}m{s % 60:02d}s"
 
 
 def _add_demo(sub):
@@ -651,11 +687,14 @@ def _add_demo(sub):
                        formatter_class=_formatter, description=(
                            "The demo web: a generated, deterministic world of pages, images, WARC/WAT\n"
                            "files, a URL list, a Wikipedia-format dump, pageviews and a WordNet lexicon,\n"
-                           "served on 127.0.0.1. With no action, run the whole chain on it."))
+                           "served on 127.0.0.1. With no action, run the whole chain on it: world, query\n"
+                           "list, crawl, shard, stats, train (tiny model), zero-shot eval; about 10 minutes on\n"
+                           "two cores the first time, finished stages are reused afterwards."))
     p.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
     p.add_argument("--size", type=int, default=4000, help="distinct images in the world (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing finished stages")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of the tiny model (default: 16)")
     p.set_defaults(func=_demo_chain, parser=p)
     acts = p.add_subparsers(title="actions", metavar="ACTION", parser_class=_Parser)
 
