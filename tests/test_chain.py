@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(1800)   # the first test waits for the whole ch
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([CLI, "demo", "--size", "1500", "--epochs", "10"], cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run([CLI, "demo", "--size", "2000", "--epochs", "16"], cwd=cwd, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc
@@ -71,7 +71,7 @@ def test_zero_shot_accuracy_is_well_above_chance(chain):
 
 def test_rerun_reuses_finished_stages(chain):
     cwd, _ = chain
-    proc = subprocess.run([CLI, "demo", "--size", "1500", "--epochs", "10"], cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run([CLI, "demo", "--size", "2000", "--epochs", "16"], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in ("queries: reusing", "crawl: reusing", "train: reusing"):
