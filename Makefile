@@ -60,7 +60,7 @@ queries crawl shard stats eval: setup
 # NPROC=N trains with N processes on this node (torchrun; one per GPU, or gloo on CPUs).
 train: setup
 ifdef NPROC
-	$(BIN)/torchrun --nproc-per-node $(NPROC) -m clipforge train $(ARGS)
+	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m clipforge train $(ARGS)
 else
 	$(BIN)/clipforge train $(ARGS)
 endif

@@ -450,6 +450,9 @@ def _eval(a):
                                             load_model, plot_confusion, read_templates, table, write_json)
 
     demo = a.checkpoint is None
+    if demo and not (DEMO_RUN / "checkpoints").is_dir():
+        raise UserError(f"no demo run in {DEMO_RUN} yet: `make train` (or `make demo`) trains one; "
+                        "or pass --checkpoint")
     ckpt = resolve_checkpoint(DEMO_RUN if demo else a.checkpoint)
     folders = a.imagefolder
     if demo and not (folders or a.wds or a.retrieval):

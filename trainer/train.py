@@ -223,6 +223,7 @@ class Run:
         elif path.exists():
             merges = read_merges(path)
         else:
+            merges = None
             if self.main:
                 vocab = cfg.vocab_size or model_config(cfg.model).text.vocab_size
                 t0 = time.time()
@@ -230,9 +231,10 @@ class Run:
                 write_merges(path, merges)
                 self.log(f"tokenizer: {len(merges) + 514:,} ids learned from the shards' captions in "
                          f"{time.time() - t0:.1f} s -> {path}")
-            if dist.is_initialized():
-                dist.barrier()
-            merges = read_merges(path)
+            if dist.is_initialized():   # every rank gets rank 0's vocabulary, shared disk or not
+                box = [merges]
+                dist.broadcast_object_list(box, src=0)
+                merges = box[0]
         if self.main and not path.exists():
             write_merges(path, merges)
         return Tokenizer(merges, context_length)
