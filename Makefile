@@ -9,7 +9,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is installed on its own so that a GPU node can pick its build, for example
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-# The default takes the CPU wheel where one is on local disk, else PyPI's build.
+# The default, torch==2.13.0, is PyPI's build (a CUDA build on Linux x86_64; pip takes a CPU
+# wheel instead where the package index offers one, as on machines with a local mirror).
 TORCH  ?= torch==2.13.0
 PIP_VERSION := 24.3.1
 STAMP  := $(VENV)/.clipforge-setup

@@ -15,12 +15,11 @@ RESULTS = HERE / "results.json"   # every section's last measurement; BENCHMARKS
 
 
 def main(argv):
-    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    if argv:
-        modules = [m for m in modules if any(a in m for a in argv)]
+    known = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    modules = [m for m in known if any(a in m for a in argv)] if argv else known
     if not modules:
-        print("bench: no benchmarks registered yet; they arrive with the crawl, shard and train stages",
-              file=sys.stderr)
+        names = ", ".join(m.removeprefix("bench_") for m in known)
+        print(f"bench: no benchmark matches {' '.join(argv)}; known: {names}", file=sys.stderr)
         return 3
     from datetime import datetime, timezone
 

@@ -326,7 +326,7 @@ def _add_train(sub):
                    help="shards: a directory, a file, a brace pattern (a/{000..009}.tar), a glob, pipe: or "
                         "fsspec URLs; several joined with ::")
     p.add_argument("--model", default=None,
-                   help="RN50, ViT-B-32, ViT-B-16, ViT-L-14 or tiny (default: ViT-B-32; demo: tiny)")
+                   help="RN50, ViT-B-32, ViT-B-16, ViT-L-14, tiny or tiny-vit (default: ViT-B-32; demo: tiny)")
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL; demo: data/demo/runs/tiny)")
     d = p.add_argument_group("schedule")
     d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
@@ -501,7 +501,8 @@ def _add_score(sub):
         formatter_class=_formatter,
         description=("The cosine similarity of each pair's image and text embeddings, the CLIP-score\n"
                      "filter LAION and DataComp used; writes a parquet of key, caption, similarity."))
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="clipforge checkpoint or OpenAI-format weights")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="clipforge checkpoint or run directory, or OpenAI-format weights (with --bpe)")
     p.add_argument("--pairs", required=True, help="shards (directory, brace pattern, pipe:) or parquet with image bytes")
     p.add_argument("--out", required=True, help="output parquet file")
     p.add_argument("--bpe", default=None, help="BPE merges file for OpenAI-format weights")
@@ -691,13 +692,14 @@ def _add_demo(sub):
                            "The demo web: a generated, deterministic world of pages, images, WARC/WAT\n"
                            "files, a URL list, a Wikipedia-format dump, pageviews and a WordNet lexicon,\n"
                            "served on 127.0.0.1. With no action, run the whole chain on it: world, query\n"
-                           "list, crawl, shard, stats, train (tiny model), zero-shot eval; about 10 minutes on\n"
+                           "list, crawl, shard, stats, train (tiny model), zero-shot eval; about 6 minutes on\n"
                            "two cores the first time, finished stages are reused afterwards."))
     p.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
     p.add_argument("--size", type=int, default=4000, help="distinct images in the world (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing finished stages")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of the tiny model (default: 16)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of the tiny model (default: 16; a finished run is reused unless --fresh)")
     p.set_defaults(func=_demo_chain, parser=p)
     acts = p.add_subparsers(title="actions", metavar="ACTION", parser_class=_Parser)
 

@@ -1,4 +1,11 @@
 """CLIP model, contrastive trainer (CPU, one GPU, torchrun/DDP) and zero-shot evaluation.
 
-Not built yet (issues 6 and 7).
+model.py       CLIP (ViT and modified-ResNet image towers, text Transformer), OpenAI's layout
+tokenizer.py   CLIP's byte-level BPE; vocabularies learned with `tokenizers` or CLIP's file
+data.py        shards -> reproducible, resumable batches (webdataset, worker processes)
+loss.py        symmetric InfoNCE with features gathered across ranks
+train.py       the training loop (`clipforge train`)
+checkpoint.py  atomic checkpoints, OpenAI-format weights
+evalsets.py    ImageFolder trees, labelled shards, parquet pairs for evaluation
+zeroshot.py    zero-shot classification, retrieval and CLIP score (`clipforge eval`, `score`)
 """

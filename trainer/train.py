@@ -468,7 +468,11 @@ class Run:
         return SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1 if step else None)
 
     def _evaluate(self, raw, tokenizer, step, metrics, writer):
+        """Rank 0 evaluates (no collectives inside); the others wait for it at the next step."""
         from clipforge.trainer.zeroshot import evaluate_during_training
+
+        if not self.main:
+            return None
 
         result = evaluate_during_training(raw, tokenizer, self.cfg.eval_data, self.device)
         if self.main and result is not None:
