@@ -82,6 +82,15 @@ def test_loader_batches_are_uint8_images_and_token_ids(shards, tokenizer):
     assert len(item["keys"]) == 8 and item["cursor"] >= 8
 
 
+def test_normalisation_is_clips():
+    from clipforge.trainer.data import normalize_images
+    from clipforge.trainer.model import CLIP_MEAN, CLIP_STD
+
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    ref = (x.float() / 255 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    assert torch.allclose(normalize_images(x), ref, atol=1e-5)
+
+
 def test_resumed_stream_continues_with_the_same_batches(shards, tokenizer):
     """Consume k items, rebuild the loader from the state: the rest is what the first run saw."""
     cfg = DataConfig(expand_shards(str(shards)), batch_size=16, image_size=32, seed=1, workers=2, shuffle_buffer=40)
