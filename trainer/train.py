@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -75,7 +75,6 @@ class TrainConfig:
     eval_data: str | None = None
     tensorboard: bool = True
     loader_timeout: float = 600.0
-    extra: dict = field(default_factory=dict)
 
 
 # --- processes --------------------------------------------------------------------------------
