@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field

@@ -326,7 +326,7 @@ class Run:
                  f"{len(urls)} shard(s), global batch {global_batch}"
                  f"{f' in {cfg.accum_steps} micro-batches' if cfg.accum_steps > 1 else ''}, {total} steps"
                  f"{f' from step {step}' if step else ''}, out {self.out}")
-        t_start, t_last, step_times, last_loss = time.time(), time.time(), [], float("nan")
+        t_start, step_times, last_loss = time.time(), [], float("nan")
         eval_result = None
         while step < total:
             loader = make_loader(data_cfg, tokenizer, epoch, self.rank, self.world, state,
