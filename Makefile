@@ -49,7 +49,9 @@ test: setup
 world: setup
 	$(BIN)/clipforge demo generate --out $(WORLD) $(ARGS)
 
-serve: world
+# ARGS go to `demo serve` only; a world is generated first if there is none.
+serve: setup
+	test -f $(WORLD)/manifest.json || $(BIN)/clipforge demo generate --out $(WORLD)
 	$(BIN)/clipforge demo serve --world $(WORLD) $(ARGS)
 
 demo: setup
