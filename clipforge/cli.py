@@ -445,9 +445,10 @@ def _device():
 
 
 def _eval(a):
+    from clipforge.schemas.files import write_json_atomic
     from clipforge.trainer.checkpoint import resolve_checkpoint
     from clipforge.trainer.zeroshot import (TEMPLATES, evaluate_imagefolder, evaluate_retrieval, evaluate_wds,
-                                            load_model, plot_confusion, read_templates, table, write_json)
+                                            load_model, plot_confusion, read_templates, table)
 
     demo = a.checkpoint is None
     if demo and not (DEMO_RUN / "checkpoints").is_dir():
@@ -489,7 +490,7 @@ def _eval(a):
             plot_confusion(r["confusion_matrix"], r["classnames"],
                            out / f"confusion_{name}.png", f"{name}: top-1 {100 * r['top1']:.1f}% "
                            f"(chance {100 * r['chance_top1']:.1f}%), {ckpt.name}")
-    write_json(out / "eval.json", {"checkpoint": str(ckpt), "templates": len(templates), "results": results})
+    write_json_atomic(out / "eval.json", {"checkpoint": str(ckpt), "templates": len(templates), "results": results})
     print(table(results))
     print(f"eval: {ckpt} -> {out / 'eval.json'}" + (", confusion_*.png" if any("top1" in r for r in results.values()) else ""))
     return 0

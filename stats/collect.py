@@ -65,12 +65,6 @@ class Histogram:
                 "mean": self.total / self.n if self.n else None, "median_bin": self.quantile(0.5)}
 
 
-def read_stats(path: Path) -> dict:
-    from clipforge.schemas.files import read_stats as _read
-
-    return _read(path)
-
-
 # --- funnel -----------------------------------------------------------------------------------
 
 def funnel(stats: dict) -> dict:

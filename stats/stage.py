@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clipforge.schemas.files import read_stats, write_json_atomic
 from clipforge.stats import collect, plots, report
 
 MARKERS = {"queries": "queries_stats.json", "pairs": "crawl_stats.json", "shards": "shard_stats.json"}
@@ -46,7 +46,7 @@ def run(cfg: StatsConfig, log=print) -> dict:
     stats: dict = {"inputs": {k: str(v) for k, v in found.items()},
                    "subtitle": f"{', '.join(f'{k}: {v}' for k, v in found.items())} — written "
                                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}
-    stage_stats = {k: collect.read_stats(v / MARKERS[k]) for k, v in found.items()}
+    stage_stats = {k: read_stats(v / MARKERS[k]) for k, v in found.items()}
     stats["funnels"] = [collect.funnel(stage_stats[k]) for k in ("queries", "pairs", "shards") if k in stage_stats]
     if "pairs" in found:
         log(f"stats: pairs in {found['pairs']}")
@@ -98,7 +98,5 @@ def run(cfg: StatsConfig, log=print) -> dict:
     stats["plots"] = drawn
     stats["seconds"] = round(time.time() - t0, 2)
     report.write(stats, drawn, samples, out)
-    tmp = out / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "stats.json")
+    write_json_atomic(out / "stats.json", stats)
     return stats

@@ -21,11 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from clipforge.schemas.files import write_json_atomic
+
 from clipforge.trainer.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
                                     keys_digest, make_loader, normalize_images)
 from clipforge.trainer.loss import clip_loss
-from clipforge.trainer.model import CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config
+from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config,
+                                     openai_state_dict)
 from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write_merges
 
 
@@ -250,8 +253,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         model = CLIP(mcfg)
         if init is not None:
-            sd = {k.removeprefix("module."): v for k, v in init["model"].items()
-                  if k not in ("input_resolution", "context_length", "vocab_size")}
+            sd = openai_state_dict(init["model"])
             have = sd.get("token_embedding.weight")
             if have is not None and have.shape[0] != tokenizer.vocab_size:
                 raise TrainingError(f"--init-from's text tower has {have.shape[0]} token ids but the tokenizer has "
@@ -403,7 +405,7 @@ class Run:
             metrics.close()
             if writer is not None:
                 writer.close()
-            (self.out / "train_stats.json").write_text(json.dumps(summary, indent=1) + "\n")
+            write_json_atomic(self.out / "train_stats.json", summary)
             self.log(f"train: done, {step} steps, final loss {last_loss:.4f}, {_duration(summary['seconds'])}; "
                      f"skipped samples: {_reasons(totals)}; checkpoint {summary['checkpoint']}")
         return summary

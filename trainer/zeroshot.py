@@ -9,7 +9,6 @@ Scoring: the cosine similarity of each pair (the CLIP-score filter of LAION and 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -286,9 +285,3 @@ def table(results: dict) -> str:
 def _r(r, prefix):
     return "/".join(f"{100 * r[f'{prefix}_R@{k}']:.1f}" for k in (1, 5, 10))
 
-
-def write_json(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
