@@ -6,6 +6,7 @@ The repository keeps one folder per stage; installed, each is a sub-package:
 - ``clipforge.queries``  (``queries/``)  the query list from Wikipedia, pageviews and WordNet
 - ``clipforge.pipeline`` (``pipeline/``) crawl (web archives -> pairs) and shard (pairs -> tars)
 - ``clipforge.trainer``  (``trainer/``)  CLIP model, contrastive training, zero-shot eval
+- ``clipforge.stats``    (``stats/``)    the dataset report (HTML, Markdown, plots, stats.json)
 - ``clipforge.demo``     (``demo/``)     the offline demo web: generator and loopback server
 
 This package itself holds only the command line (``clipforge.cli``).
