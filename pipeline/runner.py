@@ -3,12 +3,25 @@
 Without ``--runner`` a stage runs on Beam's FnApiRunner in multi-processing mode with one
 worker per core (``--direct_num_workers=0``); FnApiRunner is pinned because the default
 local runner may pick Prism, which downloads a binary at start-up. Any other runner
-(``FlinkRunner``, ``SparkRunner``, ``DataflowRunner``, ``PortableRunner``) is passed through
-untouched with the user's flags.
+(``FlinkRunner``, ``SparkRunner``, ``DataflowRunner``, ``PortableRunner``, ``DaskRunner``) is
+passed through with the user's flags.
+
+What every stage's pipeline keeps to, so that it runs unchanged on every runner (Beam's
+DaskRunner is the strictest one that runs here):
+
+- Funnel counts are data, never Beam Metrics (DaskRunner has none): steps emit small count
+  dictionaries that ``FinishWithStats`` sums and writes as one JSON file for the launcher.
+- Only Create, ParDo/Map/FlatMap, GroupByKey, Flatten and CombineGlobally(...).without_defaults()
+  (a GroupByKey and a ParDo); no side inputs, no multi-output ParDos, no Read transforms:
+  DaskRunner translates nothing else faithfully (a multi-output ParDo hands every consumer
+  all outputs mixed, a Read becomes a no-op, a side input recomputes its producer).
+- One step ends the pipeline and depends on everything else: DaskRunner computes only the
+  last step it visits.
 """
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import sys
@@ -16,8 +29,22 @@ import tempfile
 import threading
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
+
+
+def _register_runner_options():
+    """Import the runner modules that define their options outside pipeline_options, so that
+    their flags are known (DaskOptions exists only once Beam's dask runner is imported)."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:  # dask not installed: its flags are then rightly unknown
+        pass
 
 
 class BeamFlagError(ValueError):
@@ -48,11 +75,13 @@ def unknown_beam_flags(flags):
 
 def make_pipeline(beam_flags, default_workers=0):
     """A ``beam.Pipeline`` for the given Beam flags (the stage's own flags already removed)."""
+    _register_runner_options()
     unknown = unknown_beam_flags(beam_flags)
     if unknown:
         raise BeamFlagError(f"unrecognized arguments: {' '.join(unknown)}")
     options = PipelineOptions(beam_flags)
-    runner = options.view_as(StandardOptions).runner
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner
     if runner in (None, "DirectRunner", "FnApiRunner"):
         direct = options.view_as(DirectOptions)
         if "--direct_running_mode" not in " ".join(beam_flags):
@@ -60,16 +89,83 @@ def make_pipeline(beam_flags, default_workers=0):
         if "--direct_num_workers" not in " ".join(beam_flags):
             direct.direct_num_workers = default_workers
         return beam.Pipeline(runner=FnApiRunner(), options=options)
+    if _RUNNER_ALIASES.get(runner.lower(), runner) == DASK_RUNNER:
+        try:
+            from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise BeamFlagError("--runner=DaskRunner needs dask: pip install 'dask[distributed]'") from None
+        standard.runner = DASK_RUNNER  # Beam does not resolve the short name itself
+        dask = options.view_as(DaskOptions)
+        if dask.npartitions is None and dask.partition_size is None:
+            # Our work items are coarse (a file, a row group, a partition): one Dask partition
+            # each. Beam's default packs up to 128 into one partition, which runs them serially.
+            dask.partition_size = 1
+        return beam.Pipeline(runner=DaskRunner(), options=options)
     return beam.Pipeline(options=options)
 
 
-def counters(result):
-    """Committed Beam counter values of a finished pipeline, by name (summed over steps)."""
-    out = {}
-    for c in result.metrics().query()["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + value
-    return out
+class SumCounts(beam.CombineFn):
+    """Sums count dictionaries ({name: int}); nested dictionaries are summed key by key."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, counts):
+        return _add(acc, counts)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for a in accs:
+            _add(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _add(into, counts):
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            _add(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+    return into
+
+
+class _WriteJson(beam.DoFn):
+    def __init__(self, path):
+        self.path = path
+
+    def process(self, obj):
+        tmp = self.path + ".tmp"
+        with FileSystems.create(tmp) as f:
+            f.write((json.dumps(obj, sort_keys=True) + "\n").encode("utf-8"))
+        FileSystems.rename([tmp], [self.path])
+        yield self.path
+
+
+class FinishWithStats(beam.PTransform):
+    """The last step of a stage: every count dictionary of the pipeline summed into one JSON
+    file at ``path`` (read back with ``read_stats``). Give it every PCollection whose work
+    must be done before the pipeline counts as finished (their elements are count dicts)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def expand(self, pcolls):
+        return (pcolls | "AllCounts" >> beam.Flatten()
+                | "SumCounts" >> beam.CombineGlobally(SumCounts()).without_defaults()
+                | "WriteCounts" >> beam.ParDo(_WriteJson(self.path)))
+
+
+def read_stats(path):
+    """The counts ``FinishWithStats`` wrote ({} when the pipeline counted nothing)."""
+    if not FileSystems.exists(path):
+        return {}
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
 
 
 _OURS = re.compile(r"^(?:INFO|WARNING|ERROR):clipforge[\w.]*:(.*)$")
@@ -130,6 +226,9 @@ def run_pipeline(pipeline):
                 raise RuntimeError(f"the Beam pipeline failed: {str(e).splitlines()[-1] if str(e) else e!r} "
                                    f"(worker log: {log_path})") from e
             raise
+    client = getattr(result, "client", None)  # DaskRunner's: let the scheduler forget this job
+    if client is not None:
+        client.close()
     if log_path:
         os.unlink(log_path)
     return result
