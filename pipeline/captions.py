@@ -42,8 +42,11 @@ def normalise(text):
         else:
             text = unicodedata.normalize("NFC", text)
         text = text.translate(_INVISIBLE)
-    text = _CONTROL.sub(" ", text)
-    return _SPACE.sub(" ", text).strip()
+    if not text.isprintable():  # tabs, newlines, control characters and other rare ones
+        text = _CONTROL.sub(" ", text)
+    # str.split() splits on exactly the characters re's \s matches in str patterns (both use
+    # str.isspace), so this is _SPACE.sub(" ", text).strip() without the regex engine
+    return " ".join(text.split())
 
 
 def judge(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):

@@ -1,39 +1,57 @@
 """The crawl stage: web archives and URL lists -> balanced, query-matched pairs (Apache Beam).
 
-    inputs ─ ReadInputs ─ CleanIdentifyMatch ─ Dedup ─┬─ CountMatches ──────────┐
-      (WARC, WAT, URL lists)   (captions, lid.176,    │                         │ (side input)
-                                Aho–Corasick)         └──────────── Balance ◄───┘ ─ WritePairs
-                                                                      └─ CountKept ─ WriteQueryCounts
+Three passes over hash partitions of the pairs (by uid), MetaCLIP's curation shape, so no
+step holds more than one work item's batch or one partition's pairs, on any runner:
+
+    work items ─ Match ──────────► matched/pNNNNN/*.parquet     (read, clean, lid.176, match;
+     (files, row groups)  │                                       spilled by uid partition)
+                          └ counts ─────────────────────────┐
+    Fanout(P) ─ Dedup ───────────► dedup/pNNNNN.parquet     │  (one pair per uid)
+                  └ match counts ─ SumMatches ─ counts.npy  │
+    Fanout(P) ─ Balance ─────────► pairs-NNNNN.parquet      │  (keep with p(queries, counts))
+                  └ kept counts ── SumKept ─ query_counts.parquet
+                                                  all counts ─ stats.json (the funnel)
 
 Every candidate ends in exactly one bucket of ``crawl_stats.json``: kept, or one of
 ``unreadable_record``, ``bad_url_scheme``, ``invalid_url``, the caption reasons of
 ``captions.judge``, ``lang_not_wanted``, ``no_query_match``, ``duplicate``, ``balanced_out``.
+The counts travel as data (small dictionaries summed at the end), not as runner metrics.
 """
 
-import functools
+import hashlib
 import io
 import math
-import re
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
-from clipforge.pipeline import balance, captions, readers
-from clipforge.pipeline.langid import LanguageID
-from clipforge.pipeline.matching import Matcher
+from clipforge.pipeline import balance, captions, readers, spill
+from clipforge.pipeline.runner import FinishWithStats
+from clipforge.pipeline.textfilter import TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table
 
-NS = "clipforge.crawl"
 QUERY_COUNTS = pa.schema([pa.field("query", pa.string(), nullable=False),
                           pa.field("matches", pa.int64(), nullable=False),
                           pa.field("kept", pa.int64(), nullable=False),
                           pa.field("single_query_keep_prob", pa.float64(), nullable=False)])
+
+# The matched pairs between passes: CURATED_PAIR without keep_prob, queries as ids.
+MATCHED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()), pa.field("text", pa.string()),
+                     pa.field("page_url", pa.string()), pa.field("lang", pa.string()),
+                     pa.field("lang_score", pa.float32()), pa.field("qids", pa.list_(pa.int32())),
+                     pa.field("input_format", pa.string()), pa.field("source_file", pa.string())])
+
+BATCH = 8192  # links judged together (one lid.176 call)
+FLUSH_ROWS = 200_000  # matched pairs a work item holds before spilling them
 
 
 @dataclass
@@ -50,224 +68,305 @@ class CrawlConfig:
     page_col: str = None
     min_text_chars: int = captions.MIN_CHARS
     max_text_chars: int = captions.MAX_CHARS
-    rows_per_file: int = 250_000
+    rows_per_file: int = 250_000  # target pairs per partition (and so at most per output file)
+    partitions: int = 0  # 0: from the inputs' size, see stage.partitions_for
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name):
-    return Metrics.counter(NS, name)
+# --- per-process resources -----------------------------------------------------------------
+
+_RESOURCES = {}
 
 
-def _drop(reason, n=1):
-    _counter(f"drop_{reason}").inc(n)
+def _text_filter(key, args):
+    """The TextFilter for ``args``, built once per worker process (not per bundle: building the
+    automaton of a large query list and loading lid.176 take seconds), keyed by a digest."""
+    tf = _RESOURCES.get(key)
+    if tf is None:
+        for k in [k for k in _RESOURCES if isinstance(k, str)]:
+            del _RESOURCES[k]  # one query list at a time
+        tf = _RESOURCES[key] = TextFilter(*args)
+    return tf
 
 
-class ReadInputs(beam.DoFn):
-    """A work item (path, format, part) -> candidate dicts; unreadable records counted as such."""
+def _digest(*parts):
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(repr(p).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
 
-    def __init__(self, url_col, text_col, page_col):
-        self.cols = (url_col, text_col, page_col)
 
-    def process(self, item):
-        path, fmt, part = item
-        pages = {}
-        if fmt in ("warc", "wat"):
-            raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-            with raw:
-                reader = readers.read_warc if fmt == "warc" else readers.read_wat
-                for c in reader(raw, path, pages):
-                    yield from self._emit(c)
-        elif fmt == "parquet":
+# --- pass 1: read, judge, match, spill -------------------------------------------------------
+
+def candidate_batches(item, cols, pages):
+    """(urls, texts, pages, unreadable count, format) batches of one work item."""
+    path, fmt, part = item
+    if fmt == "parquet":
+        if "://" in path:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-                pf = pq.ParquetFile(io.BytesIO(raw.read()) if not _local(path) else path)
-                names = pf.schema_arrow.names
-                cols = (readers.pick_column(names, self.cols[0], readers.URL_COLUMNS, "url", path),
-                        readers.pick_column(names, self.cols[1], readers.TEXT_COLUMNS, "text", path),
-                        readers.pick_column(names, self.cols[2], readers.PAGE_COLUMNS, "page", path))
-                table = pf.read_row_group(part, columns=[c for c in cols if c])
-                for c in readers.read_parquet_batch(table, cols, path):
-                    yield from self._emit(c)
+                pf = pq.ParquetFile(io.BytesIO(raw.read()))
         else:
-            with FileSystems.open(path) as raw:  # compression from the extension
-                stream = readers.text_stream(raw, path)
-                for c in readers.read_text_table(stream, path, fmt, *self.cols):
-                    yield from self._emit(c)
-        for k, v in pages.items():
-            _counter(f"pages_{k}").inc(v)
-
-    def _emit(self, c):
-        _counter("input").inc()
-        if isinstance(c, readers.Unreadable):
-            _drop("unreadable_record")
-            yield beam.pvalue.TaggedOutput("unreadable", c.detail)
-        else:
-            _counter(f"input_{c['input_format']}").inc()
-            yield c
-
-
-def _local(path):
-    return "://" not in path
-
-
-class TextFilter:
-    """The text stage, a plain object: candidate -> curated pair dict, or a drop reason.
-
-    URL check, caption cleaning, language identification (lid.176), query matching. Web alt
-    texts repeat a lot (site boilerplate, product names, templated captions), so the outcome
-    for the last ``cache_size`` distinct raw texts is remembered.
-    """
-
-    def __init__(self, queries, langs=("en",), min_lang_score=0.0, min_chars=captions.MIN_CHARS,
-                 max_chars=captions.MAX_CHARS, cache_size=100_000):
-        self.langs, self.min_lang_score = frozenset(langs), min_lang_score
-        self.min_chars, self.max_chars = min_chars, max_chars
-        self.lid = LanguageID()
-        self.matcher = Matcher(queries)
-        self.cache, self.cache_size = {}, cache_size
-
-    def __call__(self, c):
-        url = c["url"]
-        m = _URL.match(url)
-        if m is None:
-            return "bad_url_scheme" if not _HTTP.match(url) else "invalid_url"
-        raw = c["text"]
-        known = self.cache.get(raw)
-        if known is None:
-            text, reason = captions.clean(raw, self.min_chars, self.max_chars)
-            if reason:
-                known = (None, reason, None, None, None)
-            else:
-                lang, score = self.lid.predict(text)
-                wanted = (not self.langs or lang in self.langs) and score >= self.min_lang_score
-                known = (text, None, lang, score, self.matcher.match(text) if wanted else None)
-            if len(self.cache) >= self.cache_size:
-                self.cache.clear()
-            self.cache[raw] = known
-        text, reason, lang, score, matched = known
-        if reason:
-            return reason
-        if matched is None:
-            return "lang_not_wanted"
-        if not matched:
-            return "no_query_match"
-        return {"uid": balance.uid(url, text), "url": url, "text": text, "page_url": c["page_url"], "lang": lang,
-                "lang_score": score, "queries": matched, "input_format": c["input_format"],
-                "source_file": c["source_file"]}
+            pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        url_c = readers.pick_column(names, cols[0], readers.URL_COLUMNS, "url", path)
+        text_c = readers.pick_column(names, cols[1], readers.TEXT_COLUMNS, "text", path)
+        page_c = readers.pick_column(names, cols[2], readers.PAGE_COLUMNS, "page", path)
+        for batch in pf.iter_batches(batch_size=BATCH, row_groups=[part], columns=[c for c in (url_c, text_c, page_c) if c]):
+            yield readers.url_list_batch(batch, url_c, text_c, page_c) + ("urllist",)
+        return
+    if fmt in ("warc", "wat"):
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        reader = readers.read_warc(raw, path, pages) if fmt == "warc" else readers.read_wat(raw, path, pages)
+    else:
+        raw = FileSystems.open(path)  # compression from the extension
+        reader = readers.read_text_table(readers.text_stream(raw, path), path, fmt, *cols)
+    with raw:
+        urls, texts, page_urls, bad, fmt_out = [], [], [], 0, "urllist" if fmt not in ("warc", "wat") else fmt
+        for c in reader:
+            if isinstance(c, readers.Unreadable):
+                bad += 1
+                continue
+            urls.append(c["url"])
+            texts.append(c["text"])
+            page_urls.append(c["page_url"])
+            if len(urls) >= BATCH:
+                yield urls, texts, page_urls, bad, fmt_out
+                urls, texts, page_urls, bad = [], [], [], 0
+        if urls or bad:
+            yield urls, texts, page_urls, bad, fmt_out
 
 
-# An absolute http(s) URL with a host and no whitespace; anything else is dropped.
-_HTTP = re.compile(r"^https?:", re.IGNORECASE)
-_URL = re.compile(r"^https?://(?:[^\s/?#@]*@)?(?:[^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?:[/?#]\S*)?$",
-                  re.IGNORECASE)
+class Match(beam.DoFn):
+    """A work item -> its matched pairs spilled to ``matched/pNNNNN/`` by uid partition; yields
+    the item's counts (input, drops by reason, languages, pages)."""
 
-
-class CleanIdentifyMatch(beam.DoFn):
-    """Candidate -> curated pair (without balancing) or a counted drop."""
-
-    def __init__(self, queries, langs, min_lang_score, min_chars, max_chars):
-        self.args = (queries, langs, min_lang_score, min_chars, max_chars)
+    def __init__(self, cfg, tmp, n_parts):
+        self.cols = (cfg.url_col, cfg.text_col, cfg.page_col)
+        self.args = (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars)
+        self.key = _digest(*self.args)
+        self.root, self.n_parts = FileSystems.join(tmp, "matched"), n_parts
 
     def setup(self):
-        self.text_filter = TextFilter(*self.args)
+        self.tf = _text_filter(self.key, self.args)
 
-    def process(self, c):
-        out = self.text_filter(c)
-        if isinstance(out, str):
-            _drop(out)
-            return
-        _counter(f"lang_{out['lang']}").inc()
-        yield out
+    def process(self, work):
+        index, item = work
+        tf, counts, pages = self.tf, Counter(), {}
+        buffer, buffered, flushes = [], 0, 0
+        for urls, texts, page_urls, bad, fmt in candidate_batches(item, self.cols, pages):
+            counts["input"] += len(urls) + bad
+            counts[f"input_{fmt}"] += len(urls)
+            if bad:
+                counts["drop_unreadable_record"] += bad
+            rows = {"uid": [], "url": [], "text": [], "page_url": [], "lang": [], "lang_score": [], "qids": []}
+            for url, page, got in zip(urls, page_urls, tf.filter_batch(urls, texts)):
+                if isinstance(got, str):
+                    counts[f"drop_{got}"] += 1
+                    continue
+                pair_uid, text, lang, score, ids = got
+                counts[f"lang_{lang}"] += 1
+                rows["uid"].append(pair_uid)
+                rows["url"].append(url)
+                rows["text"].append(text)
+                rows["page_url"].append(page)
+                rows["lang"].append(lang)
+                rows["lang_score"].append(score)
+                rows["qids"].append(ids)
+            if rows["uid"]:
+                n = len(rows["uid"])
+                rows["input_format"] = pa.array([fmt] * n, pa.string())
+                rows["source_file"] = pa.array([item[0]] * n, pa.string())
+                buffer.append(pa.table(rows, schema=MATCHED))
+                buffered += n
+            if buffered >= FLUSH_ROWS:
+                self._spill(index, flushes, buffer)
+                buffer, buffered, flushes = [], 0, flushes + 1
+        if buffer:
+            self._spill(index, flushes, buffer)
+        for k, v in pages.items():
+            counts[f"pages_{k}"] += v
+        yield dict(counts)
 
+    def _spill(self, index, flush, tables):
+        table = pa.concat_tables(tables)
+        spill.write_partitioned(self.root, f"i{index:06d}-f{flush:04d}", table,
+                                partition_of(table.column("uid"), self.n_parts))
+
+
+def partition_of(uids, n_parts):
+    """Partition number of each uid (hex strings): the first 8 hex digits modulo n_parts."""
+    heads = pc.utf8_slice_codeunits(uids, 0, 8).to_numpy(zero_copy_only=False)
+    return np.array([int(h, 16) for h in heads], dtype=np.int64) % n_parts
+
+
+# --- pass 2: one pair per uid ----------------------------------------------------------------
 
 _FORMAT_ORDER = {"warc": 0, "wat": 1, "urllist": 2}
 
 
-def _first(item):
-    """Duplicates of one uid: keep one, deterministically (by format, file, page)."""
-    _, pairs = item
-    pairs = list(pairs)
-    if len(pairs) > 1:
-        _drop("duplicate", len(pairs) - 1)
-    return min(pairs, key=lambda p: (_FORMAT_ORDER[p["input_format"]], p["source_file"], p["page_url"] or ""))
+class Dedup(beam.DoFn):
+    """Partition number -> ``dedup/pNNNNN.parquet`` (sorted by uid); yields ("stats", counts)
+    and ("matches", sparse per-query counts)."""
+
+    def __init__(self, tmp, n_queries):
+        self.tmp, self.n_queries = tmp, n_queries
+
+    def process(self, part):
+        table = spill.read_partition(FileSystems.join(self.tmp, "matched"), part, MATCHED)
+        table = balance.first_per_uid(table, _FORMAT_ORDER)
+        dropped = table.num_rows - (table := table.filter(table.column("_first"))).num_rows
+        table = table.drop_columns(["_first"])
+        spill.write_table(FileSystems.join(self.tmp, "dedup", f"p{part:05d}.parquet"), table, compression="lz4")
+        spill.delete_partition(FileSystems.join(self.tmp, "matched"), part)
+        yield "stats", {"drop_duplicate": dropped} if dropped else {}
+        yield "matches", _sparse_counts(table.column("qids"), self.n_queries)
 
 
-def _balance(pair, counts, t, seed):
-    p = balance.keep_probability(pair["queries"], counts, t)
-    if balance.draw(seed, pair["uid"]) >= p:
-        _drop("balanced_out")
-        return []
-    _counter("kept").inc()
-    return [dict(pair, keep_prob=p)]
+def _sparse_counts(qids, n_queries):
+    flat = pc.list_flatten(qids).to_numpy(zero_copy_only=False)
+    counts = np.bincount(flat, minlength=n_queries) if len(flat) else np.zeros(n_queries, np.int64)
+    ids = np.flatnonzero(counts)
+    return ids.astype(np.int32), counts[ids].astype(np.int64)
 
 
-def _file_of(pair, n_files):
-    return int(pair["uid"][:8], 16) % n_files, pair
+class SumSparse(beam.CombineFn):
+    """Sums sparse count vectors ((ids, counts) pairs) into one dense vector of length n."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def create_accumulator(self):
+        return np.zeros(self.n, np.int64)
+
+    def add_input(self, acc, sparse):
+        ids, counts = sparse
+        np.add.at(acc, ids, counts)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = np.zeros(self.n, np.int64)
+        for a in accs:
+            out += a
+        return out
+
+    def extract_output(self, acc):
+        return acc
 
 
-class WritePairs(beam.DoFn):
-    def __init__(self, tmp_dir):
-        self.tmp_dir = tmp_dir
+class WriteVector(beam.DoFn):
+    """The summed match counts -> ``counts.npy`` (read by every Balance worker); yields once."""
 
-    def process(self, item):
-        index, pairs = item
-        pairs = sorted(pairs, key=lambda p: p["uid"])
-        table = pa.Table.from_pylist(pairs, schema=CURATED_PAIR)
-        validate_table(table, CURATED_PAIR, f"pairs-{index:05d}.parquet")
+    def __init__(self, path):
+        self.path = path
+
+    def process(self, vector):
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=50_000)
-        _write(FileSystems.join(self.tmp_dir, f"pairs-{index:05d}.parquet"), buf.getvalue())
-        yield index
+        np.save(buf, np.asarray(vector, np.int64), allow_pickle=False)
+        with FileSystems.create(self.path) as f:
+            f.write(buf.getvalue())
+        yield {}
+
+
+def _load_vector(path, run_id):
+    key = ("vector", run_id, path)
+    v = _RESOURCES.get(key)
+    if v is None:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            v = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        for k in [k for k in _RESOURCES if isinstance(k, tuple)]:
+            del _RESOURCES[k]  # the latest run's vector only
+        _RESOURCES[key] = v
+    return v
+
+
+# --- pass 3: balance and write ---------------------------------------------------------------
+
+class Balance(beam.DoFn):
+    """Partition number -> ``pairs-NNNNN.parquet`` (the kept pairs, by uid); yields ("stats",
+    counts) and ("kept", sparse per-query kept counts)."""
+
+    def __init__(self, cfg, tmp, run_id):
+        self.tmp, self.t, self.seed, self.run_id = tmp, cfg.max_per_query, cfg.seed, run_id
+        self.queries = sorted(set(cfg.queries))
+
+    def setup(self):
+        self.query_array = pa.array(self.queries, pa.string())
+
+    def process(self, part):
+        counts = _load_vector(FileSystems.join(self.tmp, "counts.npy"), self.run_id)
+        path = FileSystems.join(self.tmp, "dedup", f"p{part:05d}.parquet")
+        table = spill.read_table(path)
+        qids = table.column("qids").combine_chunks()
+        p = balance.keep_probabilities(qids.offsets.to_numpy(), qids.values.to_numpy(zero_copy_only=False),
+                                       counts, self.t)
+        keep = balance.draws(self.seed, table.column("uid").to_pylist()) < p
+        kept = table.filter(pa.array(keep)).append_column("keep_prob", pa.array(p[keep], pa.float64()))
+        n_kept = kept.num_rows
+        if n_kept:
+            kept_qids = kept.column("qids").combine_chunks()
+            names = pa.ListArray.from_arrays(kept_qids.offsets, self.query_array.take(kept_qids.values))
+            out = pa.table({f.name: (names if f.name == "queries" else kept.column(f.name)) for f in CURATED_PAIR},
+                           schema=CURATED_PAIR)
+            name = f"pairs-{part:05d}.parquet"
+            validate_table(out, CURATED_PAIR, name)
+            buf = io.BytesIO()
+            pq.write_table(out, buf, compression="zstd", row_group_size=50_000)
+            with FileSystems.create(FileSystems.join(self.tmp, name)) as f:
+                f.write(buf.getvalue())
+            kept_counts = _sparse_counts(kept.column("qids"), len(self.queries))
+        else:
+            kept_counts = (np.zeros(0, np.int32), np.zeros(0, np.int64))
+        FileSystems.delete([path])
+        stats = {"kept": n_kept, "drop_balanced_out": table.num_rows - n_kept}
+        yield "stats", {k: v for k, v in stats.items() if v}
+        yield "kept", kept_counts
 
 
 class WriteQueryCounts(beam.DoFn):
-    def __init__(self, tmp_dir, t):
-        self.tmp_dir, self.t = tmp_dir, t
+    """Kept counts (and counts.npy's match counts) -> query_counts.parquet, every query with a
+    match, most matched first."""
 
-    def process(self, rows):
-        rows = sorted(rows, key=lambda r: (-r[1], r[0]))
-        table = pa.Table.from_pylist(
-            [{"query": q, "matches": m, "kept": k, "single_query_keep_prob": min(1.0, self.t / m)}
-             for q, m, k in rows], schema=QUERY_COUNTS)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        _write(FileSystems.join(self.tmp_dir, "query_counts.parquet"), buf.getvalue())
-        yield len(rows)
+    def __init__(self, cfg, tmp, run_id):
+        self.tmp, self.t, self.run_id = tmp, cfg.max_per_query, run_id
+        self.queries = sorted(set(cfg.queries))
 
-
-def _write(path, data):
-    with FileSystems.create(path) as f:
-        f.write(data)
-
-
-def _join_counts(item):
-    q, grouped = item
-    before = sum(grouped["before"])
-    return q, before, sum(grouped["after"])
+    def process(self, kept):
+        matches = _load_vector(FileSystems.join(self.tmp, "counts.npy"), self.run_id)
+        ids = np.flatnonzero(matches)
+        rows = sorted(((self.queries[i], int(matches[i]), int(kept[i])) for i in ids), key=lambda r: (-r[1], r[0]))
+        table = pa.table({"query": [r[0] for r in rows], "matches": [r[1] for r in rows],
+                          "kept": [r[2] for r in rows],
+                          "single_query_keep_prob": [min(1.0, self.t / r[1]) for r in rows]}, schema=QUERY_COUNTS)
+        spill.write_table(FileSystems.join(self.tmp, "query_counts.parquet"), table)
+        yield {}
 
 
-def build(p, cfg, tmp_dir):
-    candidates = (p | "WorkItems" >> beam.Create(cfg.inputs)
-                  | "SpreadInputs" >> beam.Reshuffle()
-                  | "ReadInputs" >> beam.ParDo(ReadInputs(cfg.url_col, cfg.text_col, cfg.page_col))
-                  .with_outputs("unreadable", main="candidates"))
-    pairs = (candidates.candidates
-             | "CleanIdentifyMatch" >> beam.ParDo(CleanIdentifyMatch(
-                 cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars))
-             | "KeyByUid" >> beam.Map(lambda pair: (pair["uid"], pair))
-             | "GroupByUid" >> beam.GroupByKey()
-             | "Dedup" >> beam.Map(_first))
-    before = pairs | "QueriesOfPairs" >> beam.FlatMap(lambda pair: pair["queries"]) \
-        | "CountMatches" >> beam.combiners.Count.PerElement()
-    kept = pairs | "Balance" >> beam.FlatMap(_balance, beam.pvalue.AsDict(before), cfg.max_per_query, cfg.seed)
-    n_files = (kept | "CountKept" >> beam.combiners.Count.Globally()
-               | "Files" >> beam.Map(lambda n, per: max(1, math.ceil(n / per)), cfg.rows_per_file))
-    (kept | "AssignFile" >> beam.Map(_file_of, beam.pvalue.AsSingleton(n_files))
-     | "GroupByFile" >> beam.GroupByKey()
-     | "WritePairs" >> beam.ParDo(WritePairs(tmp_dir)))
-    after = kept | "QueriesOfKept" >> beam.FlatMap(lambda pair: pair["queries"]) \
-        | "CountKeptMatches" >> beam.combiners.Count.PerElement()
-    ({"before": before, "after": after} | "JoinCounts" >> beam.CoGroupByKey()
-     | "QueryRows" >> beam.Map(_join_counts)
-     | "CollectCounts" >> beam.combiners.ToList()
-     | "WriteQueryCounts" >> beam.ParDo(WriteQueryCounts(tmp_dir, cfg.max_per_query)))
-    return candidates.unreadable
+def _tagged(tag):
+    return lambda kv: [kv[1]] if kv[0] == tag else []
+
+
+def build(p, cfg, tmp, n_parts):
+    """Add the crawl to ``p``. Outputs go to ``tmp``; the funnel's counts to ``tmp/stats.json``."""
+    n_queries = len(set(cfg.queries))
+    run_id = uuid.uuid4().hex  # names this run's files in the per-process cache
+    item_counts = (p | "WorkItems" >> beam.Create(list(enumerate(cfg.inputs)))
+                   | "SpreadInputs" >> beam.Reshuffle()
+                   | "Match" >> beam.ParDo(Match(cfg, tmp, n_parts)))
+    deduped = (item_counts | "AfterMatch" >> spill.Fanout(n_parts)
+               | "Dedup" >> beam.ParDo(Dedup(tmp, n_queries)))
+    matches_written = (deduped | "MatchCounts" >> beam.FlatMap(_tagged("matches"))
+                       | "SumMatches" >> beam.CombineGlobally(SumSparse(n_queries)).without_defaults()
+                       | "WriteMatchCounts" >> beam.ParDo(WriteVector(FileSystems.join(tmp, "counts.npy"))))
+    balanced = (matches_written | "AfterDedup" >> spill.Fanout(n_parts)
+                | "Balance" >> beam.ParDo(Balance(cfg, tmp, run_id)))
+    query_counts = (balanced | "KeptCounts" >> beam.FlatMap(_tagged("kept"))
+                    | "SumKept" >> beam.CombineGlobally(SumSparse(n_queries)).without_defaults()
+                    | "WriteQueryCounts" >> beam.ParDo(WriteQueryCounts(cfg, tmp, run_id)))
+    dedup_stats = deduped | "DedupStats" >> beam.FlatMap(_tagged("stats"))
+    balance_stats = balanced | "BalanceStats" >> beam.FlatMap(_tagged("stats"))
+    return ((item_counts, dedup_stats, balance_stats, query_counts)
+            | "Funnel" >> FinishWithStats(FileSystems.join(tmp, "stats.json")))
+
+
+def n_partitions(estimated_links, rows_per_file):
+    return max(1, min(10_000, math.ceil(estimated_links / rows_per_file)))

@@ -1,5 +1,6 @@
-"""The crawl stage as a command: resolve inputs and the query list, run the pipeline, publish
-the outputs (written aside, then moved into place) and write crawl_stats.json."""
+"""The crawl stage as a command: resolve inputs and the query list, choose the number of uid
+partitions from the inputs' size, run the pipeline, publish the outputs (written aside, then
+moved into place) and write crawl_stats.json."""
 
 import csv
 import io
@@ -13,8 +14,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import readers
-from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build
-from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
+from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
+from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
 from clipforge.schemas.files import Funnel, read_metadata
 from clipforge.schemas.records import CURATED_PAIR
 
@@ -42,6 +43,13 @@ def input_format(path):
                      ".parquet/.csv/.tsv/.jsonl URL list)")
 
 
+def _parquet_metadata(path):
+    if "://" not in path:
+        return pq.ParquetFile(path).metadata
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.ParquetFile(io.BytesIO(f.read())).metadata
+
+
 def expand_inputs(patterns):
     """Work items (path, format, part): parquet URL lists are split by row group."""
     items = []
@@ -56,14 +64,32 @@ def expand_inputs(patterns):
             fmt = input_format(m.path)
             if fmt == "parquet":
                 try:
-                    with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                        meta = pq.ParquetFile(io.BytesIO(f.read())).metadata
+                    meta = _parquet_metadata(m.path)
                 except Exception as e:
                     raise InputError(f"--input {m.path}: not a readable parquet file ({e})") from None
                 items.extend((m.path, fmt, g) for g in range(meta.num_row_groups))
             else:
                 items.append((m.path, fmt, 0))
     return items
+
+
+# Image links per byte of input, on the generous side (more partitions is only more files):
+# a compressed WARC page of ~20 KB holds a few dozen <img>; a WAT link record ~150 bytes; a
+# URL-list row ~100 bytes (and compressed lists hold about four times more).
+_LINKS_PER_BYTE = {"warc": 1 / 500, "wat": 1 / 150, "csv": 1 / 100, "tsv": 1 / 100, "jsonl": 1 / 100}
+
+
+def estimate_links(items):
+    """Estimated image links of work items, from their files' sizes (row counts for parquet)."""
+    sizes = {}
+    for path, fmt, part in items:
+        if fmt == "parquet":
+            sizes[(path, part)] = _parquet_metadata(path).row_group(part).num_rows
+        elif path not in sizes:
+            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            compressed = path.lower().endswith((".gz", ".bz2", ".zst")) and fmt not in ("warc", "wat")
+            sizes[path] = size * _LINKS_PER_BYTE[fmt] * (4 if compressed else 1)
+    return int(sum(sizes.values()))
 
 
 def check_columns(items, url_col=None, text_col=None, page_col=None):
@@ -75,7 +101,7 @@ def check_columns(items, url_col=None, text_col=None, page_col=None):
         seen.add(path)
         if fmt == "parquet":
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                names = pq.ParquetFile(io.BytesIO(f.read())).schema_arrow.names
+                names = pq.ParquetFile(io.BytesIO(f.read()) if "://" in path else path).schema_arrow.names
         else:
             with FileSystems.open(path) as raw:
                 stream = readers.text_stream(raw, path)
@@ -117,16 +143,24 @@ def run(cfg: CrawlConfig, beam_flags=()):
     if not cfg.queries:
         raise InputError("the query list is empty")
     check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col)
+    n_parts = cfg.partitions or n_partitions(estimate_links(cfg.inputs), cfg.rows_per_file)
     tmp = FileSystems.join(cfg.out, "_tmp")
+    if FileSystems.exists(tmp):  # left by a run that was killed
+        FileSystems.delete([tmp])
     for d in (cfg.out, tmp):
         if not FileSystems.exists(d):
             FileSystems.mkdirs(d)
+    log.info("crawl: %d work item(s), %s queries, %d partition(s)", len(cfg.inputs), f"{len(cfg.queries):,}",
+             n_parts)
     p = make_pipeline(list(beam_flags))
-    build(p, cfg, tmp)
-    result = run_pipeline(p)
-    c = counters(result)
+    build(p, cfg, tmp, n_parts)
+    run_pipeline(p)
+    c = read_stats(FileSystems.join(tmp, "stats.json"))
+    if "input" not in c:
+        raise RuntimeError(f"the pipeline finished without writing its counts ({tmp}/stats.json)")
     publish(cfg.out, tmp)
     stats = funnel_from_counters(c, cfg, time.time() - t0)
+    stats["extra"]["partitions"] = n_parts
     with FileSystems.create(FileSystems.join(cfg.out, "crawl_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     return stats

@@ -31,17 +31,25 @@ def spaced(text):
 
 
 class Matcher:
+    """The automaton of a query list. Queries are numbered in sorted order (``self.queries``),
+    so sorted ids are the queries in sorted order."""
+
     def __init__(self, queries):
+        self.queries = sorted(set(queries))
         self.automaton = ahocorasick.Automaton()
-        for i, q in enumerate(queries):
-            self.automaton.add_word(f" {q} ", q)
-        self.size = len(queries)
+        for i, q in enumerate(self.queries):
+            self.automaton.add_word(f" {q} ", i)
+        self.size = len(self.queries)
         if self.size:
             self.automaton.make_automaton()
 
-    def match(self, text):
-        """Sorted list of the distinct queries contained in ``text``."""
+    def match_ids(self, text):
+        """Sorted list of the ids of the distinct queries contained in ``text``."""
         if not self.size:
             return []
-        found = {q for _, q in self.automaton.iter(spaced(text))}
+        found = {i for _, i in self.automaton.iter(spaced(text))}
         return sorted(found) if len(found) > 1 else list(found)
+
+    def match(self, text):
+        """Sorted list of the distinct queries contained in ``text``."""
+        return [self.queries[i] for i in self.match_ids(text)]

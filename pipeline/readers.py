@@ -250,13 +250,20 @@ def _row(row, cols, source, where):
                       "caption", "urllist", source)
 
 
-def read_parquet_batch(batch, cols, source):
-    url_c, text_c, page_c = cols
+def url_list_batch(batch, url_c, text_c, page_c):
+    """(urls, texts, pages, unreadable count) of an Arrow batch of a URL list: rows without a
+    URL are unreadable; URLs are stripped, missing texts become empty."""
     urls = batch.column(url_c).to_pylist()
     texts = batch.column(text_c).to_pylist()
     pages = batch.column(page_c).to_pylist() if page_c else [None] * len(urls)
+    out_u, out_t, out_p = [], [], []
     for url, text, page in zip(urls, texts, pages):
-        yield _row({"u": url, "t": text, "p": page}, ("u", "t", "p" if page_c else None), source, "row")
+        if not isinstance(url, str) or not (url := url.strip()):
+            continue
+        out_u.append(url)
+        out_t.append(text if isinstance(text, str) else "")
+        out_p.append(page if isinstance(page, str) else None)
+    return out_u, out_t, out_p, len(urls) - len(out_u)
 
 
 def text_stream(binary, path):

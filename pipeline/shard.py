@@ -1,17 +1,17 @@
 """The shard stage: pairs -> fetched, resized images packed as WebDataset tars (Apache Beam).
 
-    pairs ─ ReadPairs ─ AssignShard (hash of seed and uid) ─ GroupByShard ─ FetchShard
-                                                                  (threads: fetch, check, resize, encode;
-                                                                   NNNNNN.tar and NNNNNN.parquet written
-                                                                   aside, then renamed)
+    pairs ─ SpillPairs ────────► _spill/pNNNNN/*.parquet  (each pair to its shard: a hash of
+     (files, row groups)                                    seed and uid; spilled, not shuffled)
+    Fanout(shards) ─ FetchShard   (threads: fetch, check, resize, encode; NNNNNN.tar and
+                                   NNNNNN.parquet written aside, then renamed)
 
 A shard is the unit of work and of resume: a shard whose index parquet exists is finished
 and is skipped by a rerun. The stage's launcher then drops images that appear in more than
 one sample (same JPEG hash: the sample with the smallest uid stays), writes sizes.json and
-the funnel. Images never pass through Beam's shuffle: only the pairs do.
+the funnel. Neither images nor pairs pass through Beam's shuffle, so memory holds one batch
+of pairs or one shard's pairs per worker, however many pairs there are.
 """
 
-import functools
 import hashlib
 import io
 import json
@@ -29,15 +29,14 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
-from clipforge.pipeline import balance, readers
+from clipforge.pipeline import balance, readers, spill
 from clipforge.pipeline.fetch import DEFAULT_USER_AGENT, Fetcher, system_resolver
 from clipforge.pipeline.images import ImageConfig, process
+from clipforge.pipeline.runner import FinishWithStats
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import validate_table
 
-NS = "clipforge.shard"
 log = logging.getLogger("clipforge.shard")
 
 
@@ -63,38 +62,79 @@ class ShardConfig:
     text_col: str = None
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name):
-    return Metrics.counter(NS, name)
-
-
 def order_key(seed, uid):
     return hashlib.blake2b(f"{seed}:{uid}".encode(), digest_size=8).digest()
 
 
-class ReadPairs(beam.DoFn):
-    """(parquet path, row group) -> pair dicts with uid, url, text and what else the file has."""
+def shard_of(seed, uid, n_shards):
+    return int.from_bytes(order_key(seed, uid)[:4], "big") % n_shards
 
-    def __init__(self, url_col, text_col):
-        self.url_col, self.text_col = url_col, text_col
 
-    def process(self, item):
-        path, group = item
+# The pairs between the two passes.
+SPILLED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()), pa.field("text", pa.string()),
+                     pa.field("page_url", pa.string()), pa.field("lang", pa.string()),
+                     pa.field("queries", pa.list_(pa.string()))])
+
+
+def pair_batches(path, group, url_col=None, text_col=None, batch_size=8192):
+    """Arrow tables (SPILLED's columns) of one row group of a pairs file: pairs without a uid
+    get clipforge's (``balance.uid`` of URL and text), missing columns are null."""
+    if "://" in path:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pf = pq.ParquetFile(io.BytesIO(f.read()) if "://" in path else path)
-        names = pf.schema_arrow.names
-        url_c = readers.pick_column(names, self.url_col, readers.URL_COLUMNS, "url", path)
-        text_c = readers.pick_column(names, self.text_col, readers.TEXT_COLUMNS, "text", path)
-        cols = [c for c in dict.fromkeys([url_c, text_c, "uid", "page_url", "lang", "queries"]) if c in names]
-        for row in pf.read_row_group(group, columns=cols).to_pylist():
-            _counter("input").inc()
-            url, text = row.get(url_c) or "", row.get(text_c) or ""
-            yield {"uid": row.get("uid") or balance.uid(url, text), "url": url, "text": text,
-                   "page_url": row.get("page_url"), "lang": row.get("lang"), "queries": row.get("queries")}
+            pf = pq.ParquetFile(io.BytesIO(f.read()))
+    else:
+        pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    url_c = readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
+    text_c = readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
+    cols = [c for c in dict.fromkeys([url_c, text_c, "uid", "page_url", "lang", "queries"]) if c in names]
+    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
+        n = batch.num_rows
+        urls = [u or "" for u in batch.column(url_c).to_pylist()]
+        texts = [t or "" for t in batch.column(text_c).to_pylist()]
+        given = batch.column("uid").to_pylist() if "uid" in names else [None] * n
+        uids = [g or balance.uid(u, t) for g, u, t in zip(given, urls, texts)]
+
+        def col(name, type_):
+            if name not in names:
+                return pa.nulls(n, type_)
+            return batch.column(name).cast(type_)
+
+        yield pa.table({"uid": uids, "url": urls, "text": texts, "page_url": col("page_url", pa.string()),
+                        "lang": col("lang", pa.string()), "queries": col("queries", pa.list_(pa.string()))},
+                       schema=SPILLED)
 
 
-def _assign(pair, n_shards, seed):
-    return int.from_bytes(order_key(seed, pair["uid"])[:4], "big") % n_shards, pair
+class SpillPairs(beam.DoFn):
+    """(index, (parquet path, row group)) -> the pairs written to their shards' spill
+    partitions; yields the number read."""
+
+    def __init__(self, cfg, n_shards):
+        self.cfg, self.n_shards = cfg, n_shards
+
+    def process(self, work):
+        index, (path, group) = work
+        root, n, flushes, buffer, buffered = spill_dir(self.cfg.out), 0, 0, [], 0
+        for table in pair_batches(path, group, self.cfg.url_col, self.cfg.text_col):
+            buffer.append(table)
+            buffered += table.num_rows
+            if buffered >= 100_000:
+                self._spill(root, index, flushes, buffer)
+                n, buffer, buffered, flushes = n + buffered, [], 0, flushes + 1
+        if buffer:
+            self._spill(root, index, flushes, buffer)
+            n += buffered
+        yield {"input": n}
+
+    def _spill(self, root, index, flush, tables):
+        table = pa.concat_tables(tables)
+        seed, n_shards = self.cfg.seed, self.n_shards
+        parts = [shard_of(seed, u, n_shards) for u in table.column("uid").to_pylist()]
+        spill.write_partitioned(root, f"i{index:06d}-f{flush:04d}", table, parts)
+
+
+def spill_dir(out):
+    return FileSystems.join(out, "_spill")
 
 
 class FetchShard(beam.DoFn):
@@ -121,16 +161,16 @@ class FetchShard(beam.DoFn):
             return out, None, None
         return "success", None, out
 
-    def process(self, item):
-        index, pairs = item
+    def process(self, index):
         name = f"{index:06d}"
         index_path = FileSystems.join(self.cfg.out, name + ".parquet")
         if FileSystems.exists(index_path):  # finished by an earlier run
-            _counter("shards_reused").inc()
-            yield name
+            spill.delete_partition(spill_dir(self.cfg.out), index)
+            yield {"shards_reused": 1}
             return
         t0 = time.monotonic()
-        pairs = sorted(pairs, key=lambda p: order_key(self.cfg.seed, p["uid"]))
+        pairs = spill.read_partition(spill_dir(self.cfg.out), index, SPILLED).to_pylist()
+        pairs.sort(key=lambda p: order_key(self.cfg.seed, p["uid"]))
         rows = []
         local = "://" not in self.cfg.out
         fd, tmp_tar = tempfile.mkstemp(suffix=".tmp", prefix=f"{name}.tar.", dir=self.cfg.out if local else None)
@@ -159,8 +199,8 @@ class FetchShard(beam.DoFn):
         ok = sum(r["status"] == "success" for r in rows)
         dt = time.monotonic() - t0
         log.info("shard %s: %d/%d images in %.1f s (%.0f pairs/s)", name, ok, len(rows), dt, len(rows) / max(dt, 1e-9))
-        _counter("shards_written").inc()
-        yield name
+        spill.delete_partition(spill_dir(self.cfg.out), index)
+        yield {"shards_written": 1}
 
 
 def publish_shard(out, name, local_tar, rows):
@@ -181,11 +221,12 @@ def publish_shard(out, name, local_tar, rows):
     FileSystems.rename([tmp], [FileSystems.join(out, name + ".parquet")])
 
 
-def build(p, cfg, n_pairs):
+def build(p, cfg, n_pairs, stats_path):
+    """Add the shard stage to ``p``; its counts go to ``stats_path``."""
     n_shards = max(1, math.ceil(n_pairs / cfg.samples_per_shard))
-    return (p | "WorkItems" >> beam.Create(cfg.inputs)
+    read = (p | "WorkItems" >> beam.Create(list(enumerate(cfg.inputs)))
             | "SpreadInputs" >> beam.Reshuffle()
-            | "ReadPairs" >> beam.ParDo(ReadPairs(cfg.url_col, cfg.text_col))
-            | "AssignShard" >> beam.Map(_assign, n_shards, cfg.seed)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "FetchShard" >> beam.ParDo(FetchShard(cfg)))
+            | "SpillPairs" >> beam.ParDo(SpillPairs(cfg, n_shards)))
+    fetched = (read | "AfterSpill" >> spill.Fanout(n_shards)
+               | "FetchShard" >> beam.ParDo(FetchShard(cfg)))
+    return (read, fetched) | "Counts" >> FinishWithStats(stats_path)

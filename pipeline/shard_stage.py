@@ -8,6 +8,7 @@ import os
 import time
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
@@ -15,8 +16,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import readers
-from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
-from clipforge.pipeline.shard import ShardConfig, build
+from clipforge.pipeline import spill
+from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
+from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import read_tar_samples
@@ -42,8 +44,11 @@ def expand_pairs(patterns, url_col=None, text_col=None):
             raise InputError(f"--pairs {pattern}: no parquet files")
         for path in found:
             try:
-                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                    pf = pq.ParquetFile(io.BytesIO(f.read()))
+                if "://" in path:
+                    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                        pf = pq.ParquetFile(io.BytesIO(f.read()))
+                else:
+                    pf = pq.ParquetFile(path)
             except Exception as e:
                 raise InputError(f"--pairs {path}: not a readable parquet file ({e})") from None
             names = pf.schema_arrow.names
@@ -62,10 +67,14 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     if not FileSystems.exists(cfg.out):
         FileSystems.mkdirs(cfg.out)
     _remove_leftovers(cfg.out)
+    stats_path = FileSystems.join(cfg.out, "_counts.json")
     p = make_pipeline(list(beam_flags))
-    build(p, cfg, n_pairs)
-    result = run_pipeline(p)
-    c = counters(result)
+    build(p, cfg, n_pairs, stats_path)
+    run_pipeline(p)
+    c = read_stats(stats_path)
+    FileSystems.delete([stats_path])
+    if FileSystems.exists(spill_dir(cfg.out)):
+        FileSystems.delete([spill_dir(cfg.out)])
     stats = finish(cfg.out)
     stats["extra"].update(shards_written=c.get("shards_written", 0), shards_reused=c.get("shards_reused", 0),
                           seconds=round(time.time() - t0, 2), settings=_settings(cfg))
@@ -84,6 +93,9 @@ def _settings(cfg):
 
 def _remove_leftovers(out):
     """Temporary files of a run that was killed: their shards are redone."""
+    for path in (spill_dir(out), FileSystems.join(out, "_counts.json")):
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
     if "://" in out:
         return
     for name in os.listdir(out):
@@ -93,40 +105,77 @@ def _remove_leftovers(out):
 
 def finish(out):
     """Drop duplicate images across shards (the smallest uid keeps its sample), write sizes.json,
-    and return the funnel computed from the shard indexes (so a resumed run counts the same)."""
+    and return the funnel computed from the shard indexes (so a resumed run counts the same).
+
+    Memory: 16 bytes per stored image (a 64-bit prefix of its hash and where it is), plus one
+    shard index at a time."""
     paths = sorted(m.path for m in FileSystems.match([FileSystems.join(out, "[0-9]*.parquet")])[0].metadata_list)
-    tables = {p: pq.read_table(p) for p in paths}
-    owner = {}
-    for path, t in tables.items():
-        for uid, sha, status in zip(t["uid"].to_pylist(), t["sha256"].to_pylist(), t["status"].to_pylist()):
-            if status == "success" and (sha not in owner or uid < owner[sha]):
-                owner[sha] = uid
+    owner = _duplicate_owners(paths)  # {sha256: owning uid}, only for images stored more than once
     sizes, funnel = {}, Funnel("shard", unit="pair")
-    for path, t in tables.items():
-        rows = t.to_pylist()
-        losers = {r["key"] for r in rows if r["status"] == "success" and owner[r["sha256"]] != r["uid"]}
+    for path in paths:
+        t = spill.read_table(path)
+        statuses, shas, uids = t["status"].to_pylist(), t["sha256"].to_pylist(), t["uid"].to_pylist()
+        losers = {i for i, (s, sha, uid) in enumerate(zip(statuses, shas, uids))
+                  if s == "success" and sha in owner and owner[sha] != uid}
         tar = path[: -len(".parquet")] + ".tar"
         if losers:
-            _rewrite_without(tar, losers)
-            for r in rows:
-                if r["key"] in losers:
-                    r.update(status="duplicate_image", error=f"same image as uid {owner[r['sha256']]}")
+            rows = t.to_pylist()
+            _rewrite_without(tar, {rows[i]["key"] for i in losers})
+            for i in losers:
+                rows[i].update(status="duplicate_image", error=f"same image as uid {owner[rows[i]['sha256']]}")
+                statuses[i] = "duplicate_image"
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_INDEX), buf, compression="zstd")
             with FileSystems.create(path + ".tmp") as f:
                 f.write(buf.getvalue())
             FileSystems.rename([path + ".tmp"], [path])
-        statuses = Counter(r["status"] for r in rows)
-        funnel.add_input(len(rows))
-        funnel.keep(statuses.pop("success", 0))
-        for reason, n in statuses.items():
+        counts = Counter(statuses)
+        funnel.add_input(len(statuses))
+        funnel.keep(counts.pop("success", 0))
+        for reason, n in counts.items():
             funnel.drop(reason, n)
-        sizes[os.path.basename(tar)] = sum(r["status"] == "success" for r in rows)
+        sizes[os.path.basename(tar)] = sum(s == "success" for s in statuses)
     write_sizes(os.path.join(out, "sizes.json"), sizes) if "://" not in out else _write_remote_sizes(out, sizes)
     funnel.extra = {"shards": len(sizes), "samples": sum(sizes.values()),
                     "tar_bytes": sum(FileSystems.match([FileSystems.join(out, n)])[0].metadata_list[0].size_in_bytes
                                      for n in sizes)}
     return funnel.to_dict()
+
+
+def _duplicate_owners(paths):
+    """{sha256: smallest uid} for the images that more than one sample of the set holds."""
+    prefixes, where = [], []
+    for f, path in enumerate(paths):
+        t = spill.read_table(path, columns=["status", "sha256"])
+        for row, (status, sha) in enumerate(zip(t["status"].to_pylist(), t["sha256"].to_pylist())):
+            if status == "success":
+                prefixes.append(int(sha[:16], 16))
+                where.append((f << 32) | row)
+    if not prefixes:
+        return {}
+    prefixes = np.array(prefixes, dtype=np.uint64)
+    where = np.array(where, dtype=np.int64)
+    order = np.argsort(prefixes, kind="stable")
+    sorted_prefixes = prefixes[order]
+    same = sorted_prefixes[1:] == sorted_prefixes[:-1]
+    suspect = np.zeros(len(order), dtype=bool)
+    suspect[1:] |= same
+    suspect[:-1] |= same
+    if not suspect.any():
+        return {}
+    wanted = {}
+    for w in where[order[suspect]]:
+        wanted.setdefault(int(w) >> 32, []).append(int(w) & 0xFFFFFFFF)
+    owners, seen = {}, {}
+    for f, rows in wanted.items():
+        t = spill.read_table(paths[f], columns=["sha256", "uid"])
+        shas, uids = t["sha256"].to_pylist(), t["uid"].to_pylist()
+        for row in rows:
+            sha, uid = shas[row], uids[row]
+            seen[sha] = seen.get(sha, 0) + 1
+            if sha not in owners or uid < owners[sha]:
+                owners[sha] = uid
+    return {sha: uid for sha, uid in owners.items() if seen[sha] > 1}
 
 
 def _write_remote_sizes(out, sizes):
