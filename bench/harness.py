@@ -28,6 +28,7 @@ class Comparison:
     notes: str = ""
     setup: callable = None  # run before every timed call of either side (not timed)
     verify: callable = None  # verify(side) after every timed call ("ours" or "peer"): raise if the work is wrong
+    show_wall: bool = False  # BENCHMARKS.md also gives the median wall time of each side
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Result:
     notes: str = ""
     ours_rss: list = field(default_factory=list)  # peak bytes, for subprocess benchmarks
     peer_rss: list = field(default_factory=list)
+    show_wall: bool = False
 
     @property
     def ours_rate(self):
@@ -109,7 +111,7 @@ def _time(fn, setup):
 def run(comparison, log=print):
     """Alternate ours and the peer's runs so that drift on the machine hits both alike."""
     c = comparison
-    r = Result(c.name, c.peer_name, c.unit, c.items, c.input, notes=c.notes)
+    r = Result(c.name, c.peer_name, c.unit, c.items, c.input, notes=c.notes, show_wall=c.show_wall)
     for i in range(c.repeats):
         for name, side, times, rss in (("ours", c.ours, r.ours_s, r.ours_rss), ("peer", c.peer, r.peer_s, r.peer_rss)):
             seconds, peak = _time(side, c.setup)
@@ -178,8 +180,11 @@ def markdown(sections, packages=("clipforge", "img2dataset", "apache-beam", "tor
         for r in results:
             mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"
                    if r.ours_rss and r.peer_rss else "")
-            lines.append(f"| {r.name} | {r.input} | {_rate(r.ours_rate)} {r.unit}/s | {r.peer_name} | "
-                         f"{_rate(r.peer_rate)} {r.unit}/s | **{r.ratio:.2f}x** | {mem} |")
+            ours, peer = f"{_rate(r.ours_rate)} {r.unit}/s", f"{_rate(r.peer_rate)} {r.unit}/s"
+            if r.show_wall:
+                ours += f" ({statistics.median(r.ours_s):,.1f} s)"
+                peer += f" ({statistics.median(r.peer_s):,.1f} s)"
+            lines.append(f"| {r.name} | {r.input} | {ours} | {r.peer_name} | {peer} | **{r.ratio:.2f}x** | {mem} |")
         notes = [f"- **{r.name}**: {r.notes}" for r in results if r.notes]
         if notes:
             lines += ["", "Notes:", ""] + notes
