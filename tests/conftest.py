@@ -112,9 +112,15 @@ def worker_pool():
     import subprocess
     import sys
 
+    import os
+
     port = _free_port()
+    # The pool starts each SDK worker as `python` from PATH: this environment's, as on a cluster
+    # whose worker image has clipforge installed.
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                             "--service_port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--service_port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
     try:
         _wait_for_port(port, proc, "Beam worker pool")
         yield ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",

@@ -258,18 +258,40 @@ def test_balancing_follows_its_formula(synthetic_list, tmp_path):
     assert counts["zebra"]["kept"] == sum("zebra" in r["queries"] for r in rows)
 
 
+def _crawl_outputs(tmp_path, name, inputs, flags):
+    cfg = CrawlConfig(inputs=inputs, queries=["zebra", "lion", "red", "circle", "a"], out=str(tmp_path / name),
+                      max_per_query=50, langs=("en",), rows_per_file=100)
+    stats = run(cfg, flags)
+    stats["extra"].pop("seconds")
+    files = {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.parquet"))}
+    assert not (tmp_path / name / "_tmp").exists()
+    return files, stats
+
+
 def test_same_output_on_any_worker_count_and_the_portable_runner(synthetic_list, world_dir, tmp_path):
     inputs = expand_inputs([str(synthetic_list), str(world_dir / "crawl" / "*.wat.gz")])
-    outs = {}
-    for name, flags in (("one", ["--direct_num_workers=1"]), ("two", ["--direct_num_workers=2"]),
-                        ("portable", ["--runner=PortableRunner", "--job_endpoint=embed",
-                                      "--environment_type=LOOPBACK"])):
-        cfg = CrawlConfig(inputs=inputs, queries=["zebra", "lion", "red", "circle", "a"], out=str(tmp_path / name),
-                          max_per_query=50, langs=("en",), rows_per_file=100)
-        run(cfg, flags)
-        outs[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.parquet"))}
-    assert len(outs["one"]) > 2  # several pairs files
+    outs = {name: _crawl_outputs(tmp_path, name, inputs, flags)
+            for name, flags in (("one", ["--direct_num_workers=1"]), ("two", ["--direct_num_workers=2"]),
+                                ("portable", ["--runner=PortableRunner", "--job_endpoint=embed",
+                                              "--environment_type=LOOPBACK"]))}
+    assert len(outs["one"][0]) > 3  # several pairs files
     assert outs["one"] == outs["two"] == outs["portable"]
+    assert outs["one"][1]["extra"]["partitions"] > 2
+
+
+@pytest.mark.timeout(900)
+def test_distributed_engines_give_the_local_output(synthetic_list, world_dir, tmp_path, dask_cluster, worker_pool):
+    """The same crawl on a dask.distributed cluster (scheduler and two workers started by the
+    fixture) and through Beam's portable path with an external worker pool (how Flink and Spark
+    run Python): identical pairs, query counts and funnel."""
+    inputs = expand_inputs([str(synthetic_list), str(world_dir / "crawl" / "*.wat.gz"),
+                            str(world_dir / "crawl" / "*.warc.gz")])
+    local = _crawl_outputs(tmp_path, "local", inputs, ["--direct_num_workers=2"])
+    dask = _crawl_outputs(tmp_path, "dask", inputs, ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
+    pool = _crawl_outputs(tmp_path, "pool", inputs, worker_pool)
+    assert local[1]["kept"] > 0 and local[1]["dropped"]["duplicate"] > 0
+    assert dask == local
+    assert pool == local
 
 
 def test_damaged_archives_are_counted_not_fatal(world_dir, tmp_path):

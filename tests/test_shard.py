@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -264,3 +265,33 @@ def test_img2dataset_downloader_gives_the_same_layout(world_dir, demo_server, tm
     assert r.returncode == 0, r.stderr[-3000:]
     s = read_stats(tmp_path / "refused" / "shard_stats.json")
     assert s["kept"] == 0 and s["dropped"] == {"private_address": len(rows)}
+
+
+@pytest.mark.timeout(900)
+def test_distributed_engines_give_the_local_shards(world_dir, demo_server, tmp_path, dask_cluster, worker_pool):
+    """The same pairs sharded on the local runner, on a dask.distributed cluster (scheduler and
+    two workers started by the fixture) and through Beam's portable path with an external
+    worker pool: identical tars (members, in order, with their bytes), byte-identical indexes
+    and sizes.json, and the same funnel."""
+    truth = [t for t in pq.read_table(world_dir / "truth.parquet").to_pylist() if t["kind"] in ("image", "duplicate")]
+    rows = [{"url": t["url"], "text": t["text"] or "an image"} for t in truth]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet", row_group_size=50)
+    items, n = expand_pairs([str(tmp_path / "pairs.parquet")])
+    assert len(items) > 1
+    outs = {}
+    for name, flags in (("local", ["--direct_num_workers=2"]),
+                        ("dask", ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"]),
+                        ("pool", worker_pool)):
+        out = tmp_path / name
+        stats = run(shard_cfg(items, out), n, flags)
+        stats["extra"].pop("seconds")
+        files = {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}
+        for tar in sorted(out.glob("*.tar")):  # members and their bytes (headers hold write times)
+            with tarfile.open(tar) as tf:
+                files[tar.name] = [(m.name, m.size, tf.extractfile(m).read()) for m in tf.getmembers()]
+        files["sizes.json"] = (out / "sizes.json").read_bytes()
+        assert not (out / "_spill").exists()
+        outs[name] = (files, stats)
+    assert outs["local"][1]["kept"] > 0 and outs["local"][1]["extra"]["shards"] > 2
+    assert outs["dask"] == outs["local"]
+    assert outs["pool"] == outs["local"]
