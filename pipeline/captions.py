@@ -70,3 +70,4 @@ def clean(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):
     text = normalise(text or "")
     reason = judge(text, min_chars, max_chars)
     return (None, reason) if reason else (text, None)
+

@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import balance, captions, readers, spill
 from clipforge.pipeline.runner import FinishWithStats
-from clipforge.pipeline.textfilter import TextFilter
+from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table
 
@@ -112,7 +112,7 @@ def candidate_batches(item, cols, pages):
         text_c = readers.pick_column(names, cols[1], readers.TEXT_COLUMNS, "text", path)
         page_c = readers.pick_column(names, cols[2], readers.PAGE_COLUMNS, "page", path)
         for batch in pf.iter_batches(batch_size=BATCH, row_groups=[part], columns=[c for c in (url_c, text_c, page_c) if c]):
-            yield readers.url_list_batch(batch, url_c, text_c, page_c) + ("urllist",)
+            yield readers.url_list_arrow(batch, url_c, text_c, page_c) + ("urllist",)
         return
     if fmt in ("warc", "wat"):
         raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -130,10 +130,14 @@ def candidate_batches(item, cols, pages):
             texts.append(c["text"])
             page_urls.append(c["page_url"])
             if len(urls) >= BATCH:
-                yield urls, texts, page_urls, bad, fmt_out
+                yield _arrays(urls, texts, page_urls) + (bad, fmt_out)
                 urls, texts, page_urls, bad = [], [], [], 0
         if urls or bad:
-            yield urls, texts, page_urls, bad, fmt_out
+            yield _arrays(urls, texts, page_urls) + (bad, fmt_out)
+
+
+def _arrays(*columns):
+    return tuple(pa.array(c, pa.string()) for c in columns)
 
 
 class Match(beam.DoFn):
@@ -158,25 +162,19 @@ class Match(beam.DoFn):
             counts[f"input_{fmt}"] += len(urls)
             if bad:
                 counts["drop_unreadable_record"] += bad
-            rows = {"uid": [], "url": [], "text": [], "page_url": [], "lang": [], "lang_score": [], "qids": []}
-            for url, page, got in zip(urls, page_urls, tf.filter_batch(urls, texts)):
-                if isinstance(got, str):
-                    counts[f"drop_{got}"] += 1
-                    continue
-                pair_uid, text, lang, score, ids = got
-                counts[f"lang_{lang}"] += 1
-                rows["uid"].append(pair_uid)
-                rows["url"].append(url)
-                rows["text"].append(text)
-                rows["page_url"].append(page)
-                rows["lang"].append(lang)
-                rows["lang_score"].append(score)
-                rows["qids"].append(ids)
-            if rows["uid"]:
-                n = len(rows["uid"])
-                rows["input_format"] = pa.array([fmt] * n, pa.string())
-                rows["source_file"] = pa.array([item[0]] * n, pa.string())
-                buffer.append(pa.table(rows, schema=MATCHED))
+            codes, kept, uids, cleaned, langs, scores, qids = tf.filter_arrow(urls, texts)
+            for code, n in enumerate(np.bincount(codes, minlength=len(REASONS)).tolist()):
+                if n and code != OK:
+                    counts[f"drop_{REASONS[code]}"] += n
+            n = len(kept)
+            if n:
+                for lang, k in zip(*np.unique(langs.to_numpy(zero_copy_only=False), return_counts=True)):
+                    counts[f"lang_{lang}"] += int(k)
+                taken = pa.array(kept)
+                buffer.append(pa.table({"uid": uids, "url": urls.take(taken), "text": cleaned,
+                                        "page_url": page_urls.take(taken), "lang": langs, "lang_score": scores,
+                                        "qids": qids, "input_format": pa.array([fmt] * n, pa.string()),
+                                        "source_file": pa.array([item[0]] * n, pa.string())}, schema=MATCHED))
                 buffered += n
             if buffered >= FLUSH_ROWS:
                 self._spill(index, flushes, buffer)

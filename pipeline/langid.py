@@ -37,6 +37,9 @@ class LanguageID:
         return label[len("__label__"):], min(1.0, float(prob))
 
     def predict_many(self, texts):
-        labels, probs = self.model.f.multilinePredict([t.replace("\n", " ") for t in texts], 1, 0.0, "replace")
-        return [(lab[0][len("__label__"):], min(1.0, float(p[0]))) if len(lab) else ("und", 0.0)
-                for lab, p in zip(labels, probs)]
+        if not texts:
+            return []
+        labels, probs = self.model.f.multilinePredict([t.replace("\n", " ") if "\n" in t else t for t in texts],
+                                                      1, 0.0, "replace")
+        return [(lab[0][9:], p if (p := float(prob[0])) <= 1.0 else 1.0) if len(lab) else ("und", 0.0)
+                for lab, prob in zip(labels, probs)]  # 9: len("__label__")

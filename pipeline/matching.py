@@ -11,7 +11,11 @@ quotes does not match ``red``), exactly as in MetaCLIP.
 The automaton is built once per worker from the query list.
 """
 
+from operator import itemgetter
+
 import ahocorasick
+
+_second = itemgetter(1)
 
 WRAPPED = ",.;:?!`"
 SPACED = "\t\n\r"
@@ -47,7 +51,7 @@ class Matcher:
         """Sorted list of the ids of the distinct queries contained in ``text``."""
         if not self.size:
             return []
-        found = {i for _, i in self.automaton.iter(spaced(text))}
+        found = set(map(_second, self.automaton.iter(spaced(text))))
         return sorted(found) if len(found) > 1 else list(found)
 
     def match(self, text):

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.parse.encoding import detect_encoding
 from selectolax.lexbor import LexborHTMLParser
@@ -250,20 +252,32 @@ def _row(row, cols, source, where):
                       "caption", "urllist", source)
 
 
-def url_list_batch(batch, url_c, text_c, page_c):
+# Every character str.strip() removes (str.isspace), for the same strip in Arrow.
+_PY_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+
+def url_list_arrow(batch, url_c, text_c, page_c):
     """(urls, texts, pages, unreadable count) of an Arrow batch of a URL list: rows without a
-    URL are unreadable; URLs are stripped, missing texts become empty."""
-    urls = batch.column(url_c).to_pylist()
-    texts = batch.column(text_c).to_pylist()
-    pages = batch.column(page_c).to_pylist() if page_c else [None] * len(urls)
-    out_u, out_t, out_p = [], [], []
-    for url, text, page in zip(urls, texts, pages):
-        if not isinstance(url, str) or not (url := url.strip()):
-            continue
-        out_u.append(url)
-        out_t.append(text if isinstance(text, str) else "")
-        out_p.append(page if isinstance(page, str) else None)
-    return out_u, out_t, out_p, len(urls) - len(out_u)
+    URL (null, empty, white space only, not a string) are unreadable; URLs are stripped as
+    str.strip() does; missing texts become empty, missing pages null."""
+    n = batch.num_rows
+    urls = batch.column(url_c)
+    if not pa.types.is_string(urls.type) and not pa.types.is_large_string(urls.type):
+        empty = pa.array([], pa.string())
+        return empty, empty, empty, n
+    urls = pc.utf8_trim(urls.cast(pa.string()), characters=_PY_WHITESPACE)
+    has_url = pc.fill_null(pc.greater(pc.utf8_length(urls), 0), False)
+    texts = batch.column(text_c)
+    texts = pc.fill_null(texts.cast(pa.string()), "") if pa.types.is_string(texts.type) or \
+        pa.types.is_large_string(texts.type) else pa.array([""] * n, pa.string())
+    pages = batch.column(page_c) if page_c else None
+    pages = pages.cast(pa.string()) if pages is not None and (pa.types.is_string(pages.type) or
+                                                              pa.types.is_large_string(pages.type)) \
+        else pa.nulls(n, pa.string())
+    good = pc.sum(has_url).as_py() or 0
+    if good < n:
+        urls, texts, pages = urls.filter(has_url), texts.filter(has_url), pages.filter(has_url)
+    return urls, texts, pages, n - good
 
 
 def text_stream(binary, path):

@@ -1,23 +1,40 @@
 """The crawl's text stage, a plain object: image links in, curated pairs or drop reasons out.
 
 For each link: URL check, caption cleaning (``captions``), language identification (lid.176)
-and query matching (``matching``). ``filter_batch`` works a batch at a time: each distinct raw
-text of the batch is judged once, lid.176 runs over the batch's new texts in one call, and the
-outcome of the last ``cache_size`` distinct raw texts is remembered (web alt texts repeat a
-lot: site boilerplate, product names, templated captions). Matched queries are ids into
-``self.queries`` (the query list, sorted), in increasing order.
+and query matching (``matching``). ``filter_arrow`` works on a batch of links as Arrow
+columns: the URL check runs vectorised, each distinct raw text of the batch is judged once
+(lid.176 over the batch's new texts in one call), and the outcome of the last ``cache_size``
+distinct raw texts is remembered (web alt texts repeat a lot: site boilerplate, product
+names, templated captions). Only the pair id (a hash) is computed link by link, and only for
+links that are kept. Matched queries are ids into ``self.queries`` (the query list, sorted),
+in increasing order.
 """
 
 import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from clipforge.pipeline import balance, captions
 from clipforge.pipeline.langid import LanguageID
 from clipforge.pipeline.matching import Matcher
 
-# An absolute http(s) URL with a host and no whitespace; anything else is dropped.
-_HTTP = re.compile(r"^https?:", re.IGNORECASE)
-_URL = re.compile(r"^https?://(?:[^\s/?#@]*@)?(?:[^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?:[/?#]\S*)?$",
+# An absolute http(s) URL with a host and no whitespace; anything else is dropped. Written once
+# for Python's re and once for RE2 (pyarrow): on ASCII text they accept exactly the same strings
+# (the white space class is spelled out: RE2's \s lacks \v and \x1c-\x1f, Python's has them).
+_WS = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_URL_ASCII = (rf"^(?i:https?)://(?:[^{_WS}/?#@]*@)?(?:[^{_WS}/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?"
+              rf"(?:[/?#][^{_WS}]*)?$")
+_URL = re.compile(r"^https?://(?:[^\s/?#@]*@)?(?:[^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?:[/?#]\S*)?\Z",
                   re.IGNORECASE)
+_HTTP = re.compile(r"^https?:", re.IGNORECASE)
+
+# Outcome codes of a link, in funnel order.
+OK = 0
+REASONS = ("kept", "bad_url_scheme", "invalid_url", "no_text", "text_too_short", "text_too_long", "text_number",
+           "text_file_name", "text_boilerplate", "lang_not_wanted", "no_query_match")
+_CODE = {r: i for i, r in enumerate(REASONS)}
 
 
 def url_problem(url):
@@ -25,6 +42,18 @@ def url_problem(url):
     if _URL.match(url):
         return None
     return "bad_url_scheme" if not _HTTP.match(url) else "invalid_url"
+
+
+def url_codes(urls):
+    """Outcome code of the URL check for each URL of an Arrow string array (null: invalid)."""
+    urls = pc.fill_null(urls, "")
+    ascii_ = pc.string_is_ascii(urls).to_numpy(zero_copy_only=False)
+    ok = pc.match_substring_regex(urls, _URL_ASCII).to_numpy(zero_copy_only=False)
+    codes = np.where(ok, OK, -1).astype(np.int8)
+    for i in np.flatnonzero(~ok | ~ascii_):  # failures get their reason; non-ASCII URLs, Python's check
+        problem = url_problem(urls[i].as_py())
+        codes[i] = OK if problem is None else _CODE[problem]
+    return codes
 
 
 class TextFilter:
@@ -38,61 +67,92 @@ class TextFilter:
         self.cache, self.cache_size = {}, cache_size
 
     def judge_texts(self, raws):
-        """{raw text: outcome} for distinct raw texts, where outcome is ``(None, reason)`` for a
-        dropped text and ``(text, lang, score, query ids)`` otherwise (ids empty: no match;
-        None: not a wanted language)."""
+        """{raw text: outcome} for distinct raw texts: ``(code, text, lang, score, query ids)``,
+        where code is OK or the reason the text cannot give a pair."""
         out, todo, cleaned = {}, [], []
         for raw in raws:
             text, reason = captions.clean(raw, self.min_chars, self.max_chars)
             if reason:
-                out[raw] = (None, reason)
+                out[raw] = (_CODE[reason], None, None, None, None)
             else:
                 todo.append(raw)
                 cleaned.append(text)
-        if cleaned:
-            match = self.matcher.match_ids
-            langs, min_score = self.langs, self.min_lang_score
-            for raw, text, (lang, score) in zip(todo, cleaned, self.lid.predict_many(cleaned)):
-                wanted = (not langs or lang in langs) and score >= min_score
-                out[raw] = (text, lang, score, match(text) if wanted else None)
+        if not cleaned:
+            return out
+        match = self.matcher.match_ids
+        langs, min_score = self.langs, self.min_lang_score
+        not_wanted, no_match = _CODE["lang_not_wanted"], _CODE["no_query_match"]
+        if not langs and min_score <= 0:
+            # Every language is wanted, so the language only matters for texts that match: lid.176
+            # (most of the cost) runs on those alone, and the outcomes are the same.
+            ids = [match(text) for text in cleaned]
+            for raw, text, i in zip(todo, cleaned, ids):
+                if not i:
+                    out[raw] = (no_match, text, None, None, i)
+            matched = [(r, t, i) for r, t, i in zip(todo, cleaned, ids) if i]
+            for (raw, text, i), (lang, score) in zip(matched, self.lid.predict_many([t for _, t, _ in matched])):
+                out[raw] = (OK, text, lang, score, i)
+            return out
+        for raw, text, (lang, score) in zip(todo, cleaned, self.lid.predict_many(cleaned)):
+            if (langs and lang not in langs) or score < min_score:
+                out[raw] = (not_wanted, text, lang, score, None)
+            else:
+                ids = match(text)
+                out[raw] = (OK if ids else no_match, text, lang, score, ids)
         return out
 
-    def filter_batch(self, urls, texts):
-        """One entry per link: a drop reason (str) or ``(uid, text, lang, score, query ids)``."""
+    def _outcomes(self, raws):
+        """Outcomes of distinct raw texts, from the cache or judged now (and remembered)."""
         cache = self.cache
-        url_ok = _URL.match
-        ok = [url_ok(url) is not None for url in urls]
-        known, new = {}, []
-        for raw, good in zip(texts, ok):
-            if not good or raw in known:
-                continue
-            hit = cache.get(raw)
-            if hit is None:
-                known[raw] = None
-                new.append(raw)
-            else:
-                known[raw] = hit
+        got = [cache.get(raw) for raw in raws]
+        new = [raw for raw, g in zip(raws, got) if g is None]
         if new:
             judged = self.judge_texts(new)
-            known.update(judged)
+            got = [g if g is not None else judged[raw] for raw, g in zip(raws, got)]
             if len(cache) + len(judged) > self.cache_size:
                 cache.clear()
             cache.update(judged)
-        out = []
+        return got
+
+    def filter_arrow(self, urls, texts):
+        """A batch of links as Arrow string arrays -> (outcome code per link, and for the kept
+        links, in order: their indices and Arrow arrays uid, text, lang, lang_score, qids)."""
+        codes = url_codes(urls)
+        texts = pc.fill_null(texts, "")
+        encoded = pc.dictionary_encode(texts).combine_chunks() if isinstance(texts, pa.ChunkedArray) \
+            else pc.dictionary_encode(texts)
+        index = encoded.indices.to_numpy(zero_copy_only=False)
+        distinct = encoded.dictionary.to_pylist()
+        used = np.zeros(len(distinct), dtype=bool)
+        used[index[codes == OK]] = True  # texts of links whose URL passed
+        todo = np.flatnonzero(used)
+        outcomes = self._outcomes([distinct[i] for i in todo])
+        text_code = np.full(len(distinct), OK, dtype=np.int8)
+        text_code[todo] = [o[0] for o in outcomes]
+        codes = np.where(codes == OK, text_code[index], codes)
+        kept = np.flatnonzero(codes == OK)
+        slot = np.full(len(distinct), -1, dtype=np.int64)
+        good = [(i, o) for i, o in zip(todo, outcomes) if o[0] == OK]
+        slot[[i for i, _ in good]] = np.arange(len(good))
+        rows = slot[index[kept]]
+        cleaned = pa.array([o[1] for _, o in good], pa.string()).take(rows)
+        langs = pa.array([o[2] for _, o in good], pa.string()).take(rows)
+        scores = pa.array([o[3] for _, o in good], pa.float32()).take(rows)
+        qids = pa.array([o[4] for _, o in good], pa.list_(pa.int32())).take(rows)
+        kept_urls = urls.take(kept).to_pylist()
         uid = balance.uid
-        for url, raw, good in zip(urls, texts, ok):
-            if not good:
-                out.append(url_problem(url))
-                continue
-            k = known[raw]
-            if k[0] is None:
-                out.append(k[1])
-            elif k[3] is None:
-                out.append("lang_not_wanted")
-            elif not k[3]:
-                out.append("no_query_match")
-            else:
-                out.append((uid(url, k[0]), k[0], k[1], k[2], k[3]))
+        uids = pa.array([uid(u, t) for u, t in zip(kept_urls, cleaned.to_pylist())], pa.string())
+        return codes, kept, uids, cleaned, langs, scores, qids
+
+    def filter_batch(self, urls, texts):
+        """Lists of URLs and raw texts -> one entry per link: a drop reason (str) or
+        ``(uid, text, lang, score, query ids)``."""
+        codes, kept, uids, cleaned, langs, scores, qids = self.filter_arrow(pa.array(urls, pa.string()),
+                                                                            pa.array(texts, pa.string()))
+        out = [REASONS[c] for c in codes]
+        for k, u, t, la, s, q in zip(kept, uids.to_pylist(), cleaned.to_pylist(), langs.to_pylist(),
+                                     scores.to_pylist(), qids.to_pylist()):
+            out[k] = (u, t, la, s, q)
         return out
 
     def __call__(self, c):

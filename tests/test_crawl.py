@@ -119,6 +119,72 @@ def test_langid_on_real_text():
     assert [g[0] for g in got] == ["fr", "es"]
 
 
+def _real_links():
+    """(url, raw text) of real links: the LAION-style list and the images of two real WARCs."""
+    links = []
+    laion = pq.read_table(shared_file("pairs/laion-style-1000.parquet")).to_pylist()
+    links += [(r["URL"], r["TEXT"] or "") for r in laion]
+    for name in ("web/dolma-sample-0000.warc.gz", "web/cc-main-2020-34-slice.warc.gz"):
+        links += [(c["url"], c["text"]) for c in read_all(shared_file(name), "warc") if isinstance(c, dict)]
+    return links
+
+
+def test_vectorised_url_check_equals_the_regex():
+    """url_codes (RE2 over Arrow, Python for the rest) decides as the Python regex does, on real
+    URLs and on generated ones full of the characters where the two engines differ."""
+    import random
+
+    import pyarrow as pa
+
+    from clipforge.pipeline.textfilter import REASONS, url_codes, url_problem
+
+    rng = random.Random(5)
+    parts = ["http://", "https://", "HTTP://", "ftp://", "a.com", "/x", "?q=1", "#f", ":80", ":", "@", "u@",
+             "[::1]", "[zz]", " ", "\t", "\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u3000", "é",
+             "%20", "data:", "javascript:", "//", "-", ".", "_"]
+    urls = [u for u, _ in _real_links()]
+    urls += ["".join(rng.choice(parts) for _ in range(rng.randint(1, 7))) for _ in range(30000)]
+    urls += ["http://a.com/x\n", "http://ex\u2100ample.com/a.jpg", "https://a.b/" + "x" * 5000]
+    got = [REASONS[c] for c in url_codes(pa.array(urls, pa.string()))]
+    want = [url_problem(u) or "kept" for u in urls]
+    assert got == want
+    assert {"kept", "bad_url_scheme", "invalid_url"} <= set(got)
+
+
+@pytest.mark.parametrize("langs", [(), ("en",)])
+def test_batched_text_stage_equals_the_plain_steps(langs):
+    """The batched text stage (distinct texts once, lid.176 per batch, for every language only on
+    texts that match) gives per link what the plain steps give: clean, lid.176, match, uid."""
+    from clipforge.pipeline.textfilter import TextFilter, url_problem
+
+    links = _real_links()
+    links += links[:300]  # repeats across batches
+    queries = ["a", "the", "and", "of", "photo", "red", "new", "le", "de", "的", "Home"]
+    tf, lid, m = TextFilter(queries, langs=langs), LanguageID(), Matcher(queries)
+    got = []
+    for i in range(0, len(links), 97):
+        batch = links[i:i + 97]
+        got += tf.filter_batch([u for u, _ in batch], [t for _, t in batch])
+    for (url, raw), g in zip(links, got):
+        problem = url_problem(url)
+        text, reason = captions.clean(raw)
+        if problem or reason:
+            assert g == (problem or reason), (url, raw)
+            continue
+        lang, score = lid.predict(text)
+        if langs and lang not in langs:
+            assert g == "lang_not_wanted"
+            continue
+        ids = [m.queries.index(q) for q in m.match(text)]
+        if not ids:
+            assert g == "no_query_match"
+            continue
+        assert g[0] == balance.uid(url, text) and g[1] == text and g[2] == lang and g[4] == ids
+        assert g[3] == pytest.approx(score, rel=1e-6)
+    outcomes = Counter(g if isinstance(g, str) else "kept" for g in got)
+    assert outcomes["kept"] > 100 and outcomes["no_query_match"] > 10
+
+
 # --- readers on real files ------------------------------------------------------------------------
 
 def read_all(path, fmt):
