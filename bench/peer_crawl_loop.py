@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge.pipeline import balance, readers
-from clipforge.pipeline.crawl import TextFilter
+from clipforge.pipeline.textfilter import TextFilter
 from clipforge.pipeline.crawl_stage import expand_inputs
 from clipforge.schemas.records import CURATED_PAIR
 
@@ -26,7 +26,9 @@ def candidates(items):
             cols = (readers.pick_column(names, None, readers.URL_COLUMNS, "url", path),
                     readers.pick_column(names, None, readers.TEXT_COLUMNS, "text", path),
                     readers.pick_column(names, None, readers.PAGE_COLUMNS, "page", path))
-            yield from readers.read_parquet_batch(pf.read_row_group(part), cols, path)
+            for row in pf.read_row_group(part).to_pylist():
+                yield readers._row({"u": row[cols[0]], "t": row[cols[1]], "p": row[cols[2]] if cols[2] else None},
+                                   ("u", "t", "p"), path, "row")
 
 
 def main(out, queries_path, inputs, t=20_000, seed=0):
