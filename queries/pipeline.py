@@ -1,23 +1,37 @@
 """The query-list pipeline: sources in, one ranked, deduplicated list out (Apache Beam).
 
-    documents ─┬─ CountWords ──────────────┬─ unigrams (count >= min_count)
-               └─ CountBigrams ─ JoinPMI ──┤─ bigrams  (count >= min_bigram_count, PMI >= min_pmi)
-    pageviews ── SumViews ─────────────────┤─ titles   (views >= min_views, no ':')
-    WordNet ──── Lemmas ───────────────────┤─ wordnet
-    metadata.json ─────────────────────────┘─ metadata (an existing list, kept first, in order)
-                                            Merge (highest-priority source wins) ─ Rank ─ Write
+    wiki dumps, text ─ ReadWikiPages/ReadText ─┬─ CountWords ──────────┬─ unigrams (count >= min_count)
+     (per file, counted in place)              └─ CountBigrams ─ Join ─┤─ bigrams  (count >= min_bigram_count,
+                                                                       │            PMI >= min_pmi)
+    pageviews ── ReadPageviews ─ SumViews ─────────────────────────────┤─ titles   (views >= min_views, no ':')
+    WordNet ──── Lemmas ───────────────────────────────────────────────┤─ wordnet
+    metadata.json ─────────────────────────────────────────────────────┘─ metadata (an existing list, kept first)
+                         Merge (highest-priority source wins) ─ Rank ─ Write ─ FinishWithStats
 
 PMI of a bigram ``a b`` is ``log2(N * c(ab) / (c(a) * c(b)))`` where ``c`` are corpus counts
-and ``N`` is the total number of word tokens (the unigram total). All counting goes through
-Beam combiners and joins; no step holds the corpus's counts in one process except the
-runner's own shuffle.
+and ``N`` is the total number of word tokens. All counting goes through Beam combiners and
+joins; no step holds the corpus's counts in one process except the runner's own shuffle.
+
+The pipeline keeps to what every Beam runner translates faithfully (see
+``clipforge.pipeline.runner``): no Beam Metrics, no side inputs, no multi-output ParDos, no
+Read transforms, nothing emitted from ``finish_bundle`` (Beam's DaskRunner drops it), and one
+last step, ``FinishWithStats``, that depends on everything else. So:
+
+- Files are read inside ParDos over a Create of file names (text files: of byte ranges), and
+  each read counts its words and bigrams in a bounded dictionary (flushed when full), so only
+  partial counts travel; the funnel counts of a file come out of the same ``process`` call.
+- A step that emits records and counts emits tagged tuples, split by two FlatMaps. Per-element
+  count dictionaries are summed per shard right away (``Classify``); on the local runner the
+  combiner is lifted into the producing step, so what travels is a handful of dictionaries.
+- N reaches the PMI step as data: the bigrams are keyed by one of ``PMI_SHARDS`` shards and N
+  is copied to every shard, and one GroupByKey brings them together.
+- The ranked list is cut to ``max_entries`` per shard and then once more for all shards.
 
 Every candidate entry is counted in exactly one bucket of ``queries_stats.json``: kept, or
 dropped for a named reason.
 """
 
 import bz2
-import functools
 import gzip
 import io
 import json
@@ -25,6 +39,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -32,18 +47,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
+from clipforge.pipeline.runner import FinishWithStats, SumCounts
 from clipforge.queries import lexicons, tokens
 from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
 from clipforge.schemas.records import QUERY
 from clipforge.schemas.validate import validate_table
 
-NS = "clipforge.queries"
 PRIORITY = {"metadata": 0, "wordnet": 1, "unigram": 2, "bigram": 3, "title": 4}
+COUNT_SHARDS = 16  # per-element counts are summed per shard before the stage's total
+PMI_SHARDS = 64  # bigrams are scored in this many groups, each with its own copy of N
+RANK_SHARDS = 4  # the list is cut to max_entries in this many groups, then once more
+TEXT_SPLIT_BYTES = 64 << 20  # uncompressed text files are read in ranges of this size
 log = logging.getLogger("clipforge.queries")
 
 
@@ -67,40 +82,122 @@ class QueriesConfig:
             self.min_bigram_count = self.min_count
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name):
-    """A Beam counter (created once per process; it reports to whatever step is running)."""
-    return Metrics.counter(NS, name)
-
-
 def pmi(n_tokens, c_ab, c_a, c_b):
     return math.log2(n_tokens * c_ab / (c_a * c_b))
+
+
+def _shard(key, n):
+    """A stable shard number in [0, n) for a string key (the same in every process)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
+
+
+def _tagged(element, tag):
+    """The value of a (tag, value) element when its tag is ``tag`` (to split a tagged stream)."""
+    return (element[1],) if element[0] == tag else ()
+
+
+def _split(pcoll, label, tags):
+    """A stream of (tag, value) tuples -> {tag: PCollection of values} (one FlatMap each)."""
+    return {t: pcoll | f"{label}{t.capitalize()}" >> beam.FlatMap(_tagged, t) for t in tags}
 
 
 # --- readers -----------------------------------------------------------------------------
 
 def _open_binary(path):
-    """A binary stream of the file's decompressed bytes (bz2 multistream and gzip aware)."""
+    """A binary stream of the file's decompressed bytes (bz2 multistream and gzip aware), and
+    the raw stream under it (for progress)."""
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     if path.endswith(".bz2"):
         return bz2.open(raw), raw
     if path.endswith(".gz"):
         return gzip.open(raw), raw
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+        raw.close()
+        raw = FileSystems.open(path)  # Beam's own decompression for the other extensions
     return raw, raw
 
 
+def splittable(path):
+    return CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+
+
+def text_ranges(paths, sizes=None, split_bytes=TEXT_SPLIT_BYTES):
+    """(path, start, end) work items: uncompressed files in byte ranges, others whole (end None:
+    to the end of the file)."""
+    out = []
+    for path in paths:
+        size = (sizes or {}).get(path)
+        if not splittable(path) or not size or size <= split_bytes:
+            out.append((path, 0, None))
+            continue
+        starts = list(range(0, size, split_bytes))
+        out.extend((path, s, e) for s, e in zip(starts, starts[1:] + [None]))
+    return out
+
+
+def read_lines(path, start=0, end=None):
+    """The lines (bytes, without their "\\n" or "\\r\\n") that start in [start, end) of a file,
+    as Beam's ReadFromText splits them; compressed files are read whole (start 0, end None)."""
+    stream, raw = _open_binary(path)
+    try:
+        pos = 0
+        if start:
+            stream.seek(start - 1)
+            pos = start - 1 + len(stream.readline())  # the line running into the range is the previous one's
+        while end is None or pos < end:
+            line = stream.readline()
+            if not line:
+                break
+            pos += len(line)
+            if line.endswith(b"\n"):
+                line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            yield line
+    finally:
+        stream.close()
+        if raw is not stream:
+            raw.close()
+
+
+class _Tally:
+    """Word and bigram counts of the documents of one work item, in a dictionary that is
+    flushed (as tagged ("words" | "bigrams", (token, count)) pairs) whenever it holds
+    ``max_keys`` entries, so memory is bounded whatever the input."""
+
+    def __init__(self, max_keys):
+        self.max_keys = max_keys
+        self.uni, self.bi = {}, {}
+        self.documents = self.tokens = 0
+
+    def add(self, doc):
+        self.documents += 1
+        uni, bi = self.uni, self.bi
+        words = tokens.unigrams(doc)
+        self.tokens += len(words)
+        for w in words:
+            uni[w] = uni.get(w, 0) + 1
+        for b in tokens.bigrams(doc):
+            bi[b] = bi.get(b, 0) + 1
+        if len(uni) + len(bi) > self.max_keys:
+            yield from self.flush()
+
+    def flush(self):
+        for kv in self.uni.items():
+            yield "words", kv
+        for kv in self.bi.items():
+            yield "bigrams", kv
+        self.uni, self.bi = {}, {}
+
+    def counts(self):
+        return {"documents": self.documents, "tokens": self.tokens}
+
+
 class ReadWikiPages(beam.DoFn):
-    """path -> (title, wikitext) of every article; redirects and other namespaces counted and skipped."""
+    """path -> the word and bigram counts of its articles' prose (tagged "words", "bigrams"),
+    then one tagged "counts" dictionary; redirects and other namespaces counted and skipped."""
 
-    def __init__(self, sizes):
+    def __init__(self, sizes, max_keys=200_000):
         self.sizes = sizes  # path -> compressed size, for progress
-
-    def setup(self):
-        self.pages = _counter("wiki_pages")
-        self.redirects = _counter("wiki_redirects_skipped")
-        self.other_ns = _counter("wiki_non_article_skipped")
-        self.broken = _counter("wiki_files_broken")
-        self.wikitext_bytes = _counter("wiki_wikitext_bytes")
+        self.max_keys = max_keys
 
     def process(self, path):
         stream, raw = _open_binary(path)
@@ -108,35 +205,43 @@ class ReadWikiPages(beam.DoFn):
         start = last = time.monotonic()
         n = 0
         name = os.path.basename(path)
+        tally = _Tally(self.max_keys)
+        counts = {"wiki_pages": 0, "wiki_redirects_skipped": 0, "wiki_non_article_skipped": 0,
+                  "wiki_files_broken": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0}
         try:
             for page in iter_pages(stream, name):
-                self.pages.inc()
+                counts["wiki_pages"] += 1
                 if page.redirect:
-                    self.redirects.inc()
+                    counts["wiki_redirects_skipped"] += 1
                     continue
                 if page.ns != 0:
-                    self.other_ns.inc()
+                    counts["wiki_non_article_skipped"] += 1
                     continue
                 n += 1
-                self.wikitext_bytes.inc(len(page.text.encode("utf-8")))
-                yield page.title, page.text
+                counts["wiki_wikitext_bytes"] += len(page.text.encode("utf-8"))
+                prose = wikitext_to_prose(page.text)
+                counts["prose_bytes"] += len(prose.encode("utf-8"))
+                yield from tally.add(prose)
                 now = time.monotonic()
                 if now - last > 10:
                     last = now
                     _progress(name, n, raw, size, now - start)
         except DumpError as e:
-            self.broken.inc()
+            counts["wiki_files_broken"] += 1
             log.warning("%s (pages before the break are kept)", e)
-            yield beam.pvalue.TaggedOutput("errors", str(e))
         finally:
             stream.close()
+            if raw is not stream:
+                raw.close()
         _progress(name, n, raw, size, time.monotonic() - start, done=True)
+        yield from tally.flush()
+        yield "counts", {**counts, **tally.counts()}
 
 
 def _progress(name, n, raw, size, elapsed, done=False):
     try:
         pos = raw.tell()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError):
         pos = 0
     rate = pos / max(elapsed, 1e-9) / 1e6
     if done:
@@ -147,74 +252,57 @@ def _progress(name, n, raw, size, elapsed, done=False):
                  name, n, 100 * pos / size, size / 1e6, rate, eta)
 
 
-def _prose(kv):
-    title, text = kv
-    prose = wikitext_to_prose(text)
-    _counter("prose_bytes").inc(len(prose.encode("utf-8")))
-    return prose
-
-
-class CountTokens(beam.DoFn):
-    """Documents -> partial (word, count) and, tagged "bigrams", (bigram, count) pairs.
-
-    Counting inside the bundle first (in-mapper combining) sends one element per distinct
-    token per bundle instead of one per occurrence; the dictionary is flushed whenever it
-    holds ``max_keys`` entries, so a worker's memory is bounded whatever the corpus size.
-    """
+class ReadText(beam.DoFn):
+    """(path, start, end) -> the word and bigram counts of its lines (one document a line),
+    then one tagged "counts" dictionary. Lines that are not UTF-8 are read with replacement
+    characters, and reported."""
 
     def __init__(self, max_keys=200_000):
         self.max_keys = max_keys
 
-    def setup(self):
-        self.documents = _counter("documents")
-
-    def start_bundle(self):
-        self.uni, self.bi = {}, {}
-
-    def process(self, doc):
-        self.documents.inc()
-        uni, bi = self.uni, self.bi
-        for w in tokens.unigrams(doc):
-            uni[w] = uni.get(w, 0) + 1
-        for b in tokens.bigrams(doc):
-            bi[b] = bi.get(b, 0) + 1
-        if len(uni) + len(bi) > self.max_keys:
-            yield from self._flush(wrap=False)
-
-    def finish_bundle(self):
-        yield from self._flush(wrap=True)
-
-    def _flush(self, wrap):
-        def out(kv):
-            return WindowedValue(kv, MIN_TIMESTAMP, [GlobalWindow()]) if wrap else kv
-        for kv in self.uni.items():
-            yield out(kv)
-        for kv in self.bi.items():
-            yield beam.pvalue.TaggedOutput("bigrams", out(kv))
-        self.uni, self.bi = {}, {}
+    def process(self, work):
+        path, start, end = work
+        tally = _Tally(self.max_keys)
+        not_utf8 = 0
+        for line in read_lines(path, start, end):
+            try:
+                doc = line.decode("utf-8")
+            except UnicodeDecodeError:
+                doc = line.decode("utf-8", "replace")
+                not_utf8 += 1
+            yield from tally.add(doc)
+        if not_utf8:
+            log.warning("%s: %d lines are not UTF-8 (read with replacement characters)", path, not_utf8)
+        yield from tally.flush()
+        yield "counts", tally.counts()
 
 
-class ReadPageviews(beam.PTransform):
-    def __init__(self, paths, domains):
-        super().__init__()
-        self.paths, self.domains = paths, frozenset(domains)
+class ReadPageviews(beam.DoFn):
+    """path of a pageviews file -> partial (title, views) sums of its lines (tagged "views"),
+    then one tagged "counts" dictionary; malformed lines are counted and skipped."""
 
-    def expand(self, pbegin):
-        lines = [pbegin | f"ReadPageviews{i}" >> beam.io.ReadFromText(p) for i, p in enumerate(self.paths)]
-        return (lines | "FlattenPageviews" >> beam.Flatten()
-                | "ParsePageviews" >> beam.FlatMap(_parse_pageviews, self.domains)
-                | "SumViews" >> beam.CombinePerKey(sum))
+    def __init__(self, domains, max_keys=200_000):
+        self.domains = frozenset(domains)
+        self.max_keys = max_keys
 
-
-def _parse_pageviews(line, domains):
-    try:
-        parsed = lexicons.parse_pageview_line(line, domains)
-    except ValueError:
-        _counter("pageview_lines_malformed").inc()
-        return
-    _counter("pageview_lines").inc()
-    if parsed is not None:
-        yield parsed
+    def process(self, path):
+        views = {}
+        lines = malformed = 0
+        for raw in read_lines(path):
+            try:
+                parsed = lexicons.parse_pageview_line(raw.decode("utf-8"), self.domains)
+            except ValueError:  # UnicodeDecodeError included
+                malformed += 1
+                continue
+            lines += 1
+            if parsed is not None:
+                title, n = parsed
+                views[title] = views.get(title, 0) + n
+                if len(views) > self.max_keys:
+                    yield from (("views", kv) for kv in views.items())
+                    views = {}
+        yield from (("views", kv) for kv in views.items())
+        yield "counts", {"pageview_lines": lines, "pageview_lines_malformed": malformed}
 
 
 def _wordnet_lemmas(path):
@@ -231,32 +319,33 @@ def _metadata_entries(path):
             yield entry, i
 
 
-# --- sources -> candidates ----------------------------------------------------------------
+# --- sources -> candidates: each step is fn(element, ...) -> (records, counts) ----------------
 
-def _candidate(query, source, order, count=None, pmi_=None):
-    """(query, (priority, order, source, count, pmi)) or nothing when the entry is empty."""
+def _candidate(query, source, order, counts, count=None, pmi_=None):
+    """[(query, (priority, order, source, count, pmi))], or [] (counted) when the entry is empty."""
     cleaned = tokens.clean_entry(query)
     if cleaned is None:
-        _counter("drop_empty_or_punctuation").inc()
+        counts["drop_empty_or_punctuation"] = counts.get("drop_empty_or_punctuation", 0) + 1
         return []
     return [(cleaned, (PRIORITY[source], order, source, count, pmi_))]
 
 
 def _unigram(kv, min_count):
     word, c = kv
-    _counter("in_unigram").inc()
+    counts = {"in_unigram": 1}
     if c < min_count:
-        _counter("drop_below_min_count").inc()
-        return []
-    return _candidate(word, "unigram", -c, c)
+        counts["drop_below_min_count"] = 1
+        return [], counts
+    return _candidate(word, "unigram", -c, counts, c), counts
 
 
 def _bigram_prefilter(kv, min_bigram_count):
-    _counter("in_bigram").inc()
+    """(bigram, count) -> (first word, (bigram, count)) when frequent enough."""
+    counts = {"in_bigram": 1}
     if kv[1] < min_bigram_count:
-        _counter("drop_below_min_bigram_count").inc()
-        return []
-    return [kv]
+        counts["drop_below_min_bigram_count"] = 1
+        return [], counts
+    return [(kv[0].split(" ", 1)[0], kv)], counts
 
 
 def _attach_first(item):
@@ -267,75 +356,191 @@ def _attach_first(item):
         yield bigram.split(" ", 1)[1], (bigram, c_ab, c_a)
 
 
-def _score_bigram(item, n_tokens, min_pmi):
+def _attach_second(item, shards):
+    """(second word, {"bigrams": ..., "unigram": ...}) -> (shard, ("bigram", (bigram, c_ab, c_a, c_b)))."""
     word, grouped = item
     c_b = next(iter(grouped["unigram"]), None)
     for bigram, c_ab, c_a in grouped["bigrams"]:
-        value = pmi(n_tokens, c_ab, c_a, c_b)
-        Metrics.distribution(NS, "pmi_milli").update(int(value * 1000))
-        if value < min_pmi:
-            _counter("drop_below_min_pmi").inc()
+        yield _shard(bigram, shards), ("bigram", (bigram, c_ab, c_a, c_b))
+
+
+def _tokens_to_shards(n_tokens, shards):
+    return [(i, ("n", n_tokens)) for i in range(shards)]
+
+
+def _score_shard(item, min_pmi):
+    """(shard, [("n", N), ("bigram", ...), ...]) -> tagged candidates, one "counts" dictionary
+    and one "pmi" summary {min, max, sum, count} of the PMI values in thousandths."""
+    _, values = item
+    n_tokens = next((v for tag, v in values if tag == "n"), None)
+    counts, lo, hi, total, scored = {}, None, None, 0, 0
+    for tag, v in values:  # a second pass over the group: N first, then the bigrams
+        if tag != "bigram":
             continue
-        yield from _candidate(bigram, "bigram", -value, c_ab, value)
+        bigram, c_ab, c_a, c_b = v
+        value = pmi(n_tokens, c_ab, c_a, c_b)
+        milli = int(value * 1000)
+        lo = milli if lo is None else min(lo, milli)
+        hi = milli if hi is None else max(hi, milli)
+        total += milli
+        scored += 1
+        if value < min_pmi:
+            counts["drop_below_min_pmi"] = counts.get("drop_below_min_pmi", 0) + 1
+            continue
+        for cand in _candidate(bigram, "bigram", -value, counts, c_ab, value):
+            yield "records", cand
+    if scored:
+        yield "counts", counts
+        yield "pmi", {"min": lo, "max": hi, "sum": total, "count": scored}
+
+
+class _PmiSummary(beam.CombineFn):
+    """Merges {min, max, sum, count} summaries."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, s):
+        if acc is None:
+            return dict(s)
+        return {"min": min(acc["min"], s["min"]), "max": max(acc["max"], s["max"]),
+                "sum": acc["sum"] + s["sum"], "count": acc["count"] + s["count"]}
+
+    def merge_accumulators(self, accs):
+        out = None
+        for a in accs:
+            if a is not None:
+                out = self.add_input(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
 
 
 def _title(kv, min_views):
     title, views = kv
-    _counter("in_title").inc()
+    counts = {"in_title": 1}
     if ":" in title:
-        _counter("drop_title_has_colon").inc()
-        return []
+        counts["drop_title_has_colon"] = 1
+        return [], counts
     if views < min_views:
-        _counter("drop_below_min_views").inc()
-        return []
-    return _candidate(title.replace("_", " "), "title", -views, views)
+        counts["drop_below_min_views"] = 1
+        return [], counts
+    return _candidate(title.replace("_", " "), "title", -views, counts, views), counts
 
 
 def _wordnet(lemma):
-    _counter("in_wordnet").inc()
-    return _candidate(lemma, "wordnet", 0)
+    counts = {"in_wordnet": 1}
+    return _candidate(lemma, "wordnet", 0, counts), counts
 
 
 def _metadata(kv):
     entry, index = kv
-    _counter("in_metadata").inc()
-    return _candidate(entry, "metadata", index)
+    counts = {"in_metadata": 1}
+    return _candidate(entry, "metadata", index, counts), counts
 
 
 def _merge(item):
-    """One query, several candidates: the highest-priority source wins."""
+    """One query, several candidates: the highest-priority source wins. The row is
+    (priority, order, query, source, count, pmi); its first three fields rank it."""
     query, cands = item
     cands = sorted(cands, key=lambda c: (c[0], c[1]))
+    counts = {"merged": 1}
     if len(cands) > 1:
-        _counter("drop_duplicate_of_higher_priority").inc(len(cands) - 1)
-    _counter("merged").inc()
-    _, order, source, count, pmi_ = cands[0]
-    return {"query": query, "source": source, "count": count, "pmi": pmi_, "_order": order}
+        counts["drop_duplicate_of_higher_priority"] = len(cands) - 1
+    priority, order, source, count, pmi_ = cands[0]
+    return [(priority, order, query, source, count, pmi_)], counts
 
+
+def _classify(element, fn, args):
+    records, counts = fn(element, *args)
+    for r in records:
+        yield "records", r
+    key = element[0] if isinstance(element, tuple) else element
+    yield "counts", (_shard(key, COUNT_SHARDS), counts)
+
+
+class Classify(beam.PTransform):
+    """Applies ``fn(element, *args) -> (records, counts)`` to every element. Returns the
+    records and the counts, summed per shard (a handful of dictionaries, whatever the
+    number of elements: on the local runner the sum happens inside the producing step)."""
+
+    def __init__(self, fn, *args):
+        super().__init__()
+        self.fn, self.args = fn, args
+
+    def expand(self, pcoll):
+        parts = _split(pcoll | "Apply" >> beam.FlatMap(_classify, self.fn, self.args), "", ("records", "counts"))
+        counts = (parts["counts"] | "SumPerShard" >> beam.CombinePerKey(SumCounts())
+                  | "ShardCounts" >> beam.Values())
+        return parts["records"], counts
+
+
+# --- the ranked list -------------------------------------------------------------------------
 
 def _rank_key(row):
-    return (PRIORITY[row["source"]], row["_order"], row["query"])
+    return row[:3]
+
+
+class _Smallest(beam.CombineFn):
+    """The ``n`` rows that rank first (all rows when ``n`` is 0 or None); inputs are rows, or
+    lists of rows when ``lists``. Accumulators are lists of at most 2n rows."""
+
+    def __init__(self, n, lists=False):
+        self.n, self.lists = n or None, lists
+
+    def _trim(self, acc):
+        if self.n and len(acc) > 2 * self.n:
+            acc.sort(key=_rank_key)
+            del acc[self.n:]
+        return acc
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, element):
+        if self.lists:
+            acc.extend(element)
+        else:
+            acc.append(element)
+        return self._trim(acc)
+
+    def merge_accumulators(self, accs):
+        out = []
+        for a in accs:
+            out.extend(a)
+            self._trim(out)
+        return out
+
+    def extract_output(self, acc):
+        acc = sorted(acc, key=_rank_key)
+        return acc[: self.n] if self.n else acc
+
+
+def _rank_shard(row, shards):
+    return _shard(row[2], shards), row
 
 
 class WriteOutputs(beam.DoFn):
-    """The ranked list -> queries.parquet and metadata.json (through Beam's filesystems)."""
+    """The ranked list -> queries.parquet and metadata.json (through Beam's filesystems), and
+    the kept counts."""
 
     def __init__(self, out):
         self.out = out
 
     def process(self, rows):
         rows = sorted(rows, key=_rank_key)
+        counts = {"kept": len(rows)}
         for r in rows:
-            _counter(f"kept_{r['source']}").inc()
-        _counter("kept").inc(len(rows))
+            counts[f"kept_{r[3]}"] = counts.get(f"kept_{r[3]}", 0) + 1
         table = validate_table(pa.Table.from_pylist(
-            [{k: r[k] for k in ("query", "source", "count", "pmi")} for r in rows], schema=QUERY), QUERY)
+            [{"query": q, "source": s, "count": c, "pmi": p} for _, _, q, s, c, p in rows], schema=QUERY), QUERY)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         _write(FileSystems.join(self.out, "queries.parquet"), buf.getvalue())
         _write(FileSystems.join(self.out, "metadata.json"),
-               (json.dumps([r["query"] for r in rows], ensure_ascii=False, indent=0) + "\n").encode("utf-8"))
-        yield len(rows)
+               (json.dumps([r[2] for r in rows], ensure_ascii=False, indent=0) + "\n").encode("utf-8"))
+        yield counts
 
 
 def _write(path, data):
@@ -345,58 +550,89 @@ def _write(path, data):
     FileSystems.rename([tmp], [path])
 
 
+def _pmi_counts(summary):
+    return {"bigram_pmi_milli": summary}
+
+
 # --- the pipeline --------------------------------------------------------------------------
 
-def build(p, cfg, wiki_sizes=None):
-    """Add the query-list pipeline to ``p``; returns the PCollection of the output count."""
-    candidates = []
-    docs = []
+def build(p, cfg, stats_path, sizes=None):
+    """Add the query-list pipeline to ``p``, ending in ``FinishWithStats(stats_path)`` (the
+    pipeline's counts, for the launcher); returns that last step's PCollection. ``sizes``
+    maps input paths to their sizes (progress lines, text ranges)."""
+    sizes = sizes or {}
+    candidates, counts = [], []
+    corpus = []
     if cfg.wiki:
-        # One dump file per worker at a time; pages are turned into prose where they are read, so
-        # only partial counts (not the corpus) travel between steps and memory stays flat.
-        articles = (p | "WikiFiles" >> beam.Create(sorted(cfg.wiki))
-                    | "SpreadFiles" >> beam.Reshuffle()
-                    | "ReadWikiPages" >> beam.ParDo(ReadWikiPages(wiki_sizes or {})).with_outputs("errors", main="pages"))
-        docs.append(articles.pages | "WikitextToProse" >> beam.Map(_prose))
-    for i, path in enumerate(cfg.text):
-        docs.append(p | f"ReadText{i}" >> beam.io.ReadFromText(path))
-    if docs:
-        partial = (docs | "Corpus" >> beam.Flatten()
-                   | "CountInBundles" >> beam.ParDo(CountTokens()).with_outputs("bigrams", main="words"))
-        unigram_counts = partial.words | "CountWords" >> beam.CombinePerKey(sum)
-        n_tokens = (unigram_counts | "Tokens" >> beam.Values()
-                    | "TotalTokens" >> beam.CombineGlobally(sum))
-        candidates.append(unigram_counts | "Unigrams" >> beam.FlatMap(_unigram, cfg.min_count))
-        bigram_counts = (partial.bigrams | "CountBigrams" >> beam.CombinePerKey(sum)
-                         | "MinBigramCount" >> beam.FlatMap(_bigram_prefilter, cfg.min_bigram_count))
-        by_first = (
-            {"bigrams": bigram_counts | "KeyByFirst" >> beam.Map(lambda kv: (kv[0].split(" ", 1)[0], kv)),
-             "unigram": unigram_counts}
-            | "JoinFirstWord" >> beam.CoGroupByKey()
-            | "AttachFirstCount" >> beam.FlatMap(_attach_first))
-        candidates.append(
-            {"bigrams": by_first, "unigram": unigram_counts}
-            | "JoinSecondWord" >> beam.CoGroupByKey()
-            | "ScorePMI" >> beam.FlatMap(_score_bigram, beam.pvalue.AsSingleton(n_tokens), cfg.min_pmi))
-        (n_tokens | "CountTokens" >> beam.Map(lambda n: _counter("tokens").inc(n)))
+        # One dump file per worker at a time; pages are turned into prose and counted where they
+        # are read, so only partial counts (not the corpus) travel between steps.
+        corpus.append(p | "WikiFiles" >> beam.Create(sorted(cfg.wiki))
+                      | "SpreadFiles" >> beam.Reshuffle()
+                      | "ReadWikiPages" >> beam.ParDo(ReadWikiPages(sizes)))
+    if cfg.text:
+        corpus.append(p | "TextRanges" >> beam.Create(text_ranges(cfg.text, sizes))
+                      | "SpreadRanges" >> beam.Reshuffle()
+                      | "ReadText" >> beam.ParDo(ReadText()))
+    if corpus:
+        tallies = corpus[0] if len(corpus) == 1 else corpus | "Corpus" >> beam.Flatten()
+        parts = _split(tallies, "Corpus", ("words", "bigrams", "counts"))
+        counts.append(parts["counts"])
+        unigram_counts = parts["words"] | "CountWords" >> beam.CombinePerKey(sum)
+        n_tokens = (parts["counts"] | "Tokens" >> beam.Map(lambda c: c["tokens"])
+                    | "TotalTokens" >> beam.CombineGlobally(sum).without_defaults())
+        records, c = unigram_counts | "Unigrams" >> Classify(_unigram, cfg.min_count)
+        candidates.append(records)
+        counts.append(c)
+        by_first, c = (parts["bigrams"] | "CountBigrams" >> beam.CombinePerKey(sum)
+                       | "MinBigramCount" >> Classify(_bigram_prefilter, cfg.min_bigram_count))
+        counts.append(c)
+        by_second = ({"bigrams": by_first, "unigram": unigram_counts}
+                     | "JoinFirstWord" >> beam.CoGroupByKey()
+                     | "AttachFirstCount" >> beam.FlatMap(_attach_first))
+        by_shard = ({"bigrams": by_second, "unigram": unigram_counts}
+                    | "JoinSecondWord" >> beam.CoGroupByKey()
+                    | "AttachSecondCount" >> beam.FlatMap(_attach_second, PMI_SHARDS))
+        n_per_shard = n_tokens | "TokensToShards" >> beam.FlatMap(_tokens_to_shards, PMI_SHARDS)
+        scored = _split((by_shard, n_per_shard) | "BigramsAndTokens" >> beam.Flatten()
+                        | "GroupByShard" >> beam.GroupByKey()
+                        | "ScorePMI" >> beam.FlatMap(_score_shard, cfg.min_pmi),
+                        "Scored", ("records", "counts", "pmi"))
+        candidates.append(scored["records"])
+        counts.append(scored["counts"])
+        counts.append(scored["pmi"] | "PMISummary" >> beam.CombineGlobally(_PmiSummary()).without_defaults()
+                      | "PMICounts" >> beam.Map(_pmi_counts))
     if cfg.pageviews:
-        candidates.append(p | "Pageviews" >> ReadPageviews(cfg.pageviews, cfg.pageview_domains)
-                          | "Titles" >> beam.FlatMap(_title, cfg.min_views))
+        parts = _split(p | "PageviewFiles" >> beam.Create(sorted(cfg.pageviews))
+                       | "SpreadPageviews" >> beam.Reshuffle()
+                       | "ReadPageviews" >> beam.ParDo(ReadPageviews(cfg.pageview_domains)),
+                       "Pageviews", ("views", "counts"))
+        counts.append(parts["counts"])
+        records, c = (parts["views"] | "SumViews" >> beam.CombinePerKey(sum)
+                      | "Titles" >> Classify(_title, cfg.min_views))
+        candidates.append(records)
+        counts.append(c)
     if cfg.wordnet:
-        candidates.append(p | "WordNetSources" >> beam.Create(sorted(cfg.wordnet))
-                          | "ReadLemmas" >> beam.FlatMap(_wordnet_lemmas)
-                          | "DistinctLemmas" >> beam.Distinct()
-                          | "WordNet" >> beam.FlatMap(_wordnet))
+        records, c = (p | "WordNetSources" >> beam.Create(sorted(cfg.wordnet))
+                      | "ReadLemmas" >> beam.FlatMap(_wordnet_lemmas)
+                      | "DistinctLemmas" >> beam.Distinct()
+                      | "WordNet" >> Classify(_wordnet))
+        candidates.append(records)
+        counts.append(c)
     if cfg.metadata:
-        candidates.append(p | "MetadataFiles" >> beam.Create(list(cfg.metadata))
-                          | "ReadMetadata" >> beam.FlatMap(_metadata_entries)
-                          | "FirstIndex" >> beam.CombinePerKey(min)
-                          | "Metadata" >> beam.FlatMap(_metadata))
-    merged = (candidates | "AllCandidates" >> beam.Flatten()
-              | "GroupByQuery" >> beam.GroupByKey()
-              | "Merge" >> beam.Map(_merge))
-    if cfg.max_entries:
-        ranked = merged | "Cap" >> beam.combiners.Top.Smallest(cfg.max_entries, key=_rank_key)
-    else:
-        ranked = merged | "Collect" >> beam.combiners.ToList()
-    return ranked | "Write" >> beam.ParDo(WriteOutputs(cfg.out))
+        records, c = (p | "MetadataFiles" >> beam.Create(list(cfg.metadata))
+                      | "ReadMetadata" >> beam.FlatMap(_metadata_entries)
+                      | "FirstIndex" >> beam.CombinePerKey(min)
+                      | "Metadata" >> Classify(_metadata))
+        candidates.append(records)
+        counts.append(c)
+    rows, c = (candidates | "AllCandidates" >> beam.Flatten()
+               | "GroupByQuery" >> beam.GroupByKey()
+               | "Merge" >> Classify(_merge))
+    counts.append(c)
+    n = cfg.max_entries or None
+    counts.append(rows | "RankShards" >> beam.Map(_rank_shard, RANK_SHARDS)
+                  | "RankPerShard" >> beam.CombinePerKey(_Smallest(n))
+                  | "ShardLists" >> beam.Values()
+                  | "Rank" >> beam.CombineGlobally(_Smallest(n, lists=True)).without_defaults()
+                  | "Write" >> beam.ParDo(WriteOutputs(cfg.out)))
+    return tuple(counts) | "FinishWithStats" >> FinishWithStats(stats_path)

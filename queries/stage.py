@@ -10,11 +10,12 @@ import gzip
 import json
 import logging
 import time
+import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline.runner import counters, make_pipeline, run_pipeline
+from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
 from clipforge.queries import lexicons
 from clipforge.queries.pipeline import QueriesConfig, build
 from clipforge.schemas.files import Funnel
@@ -75,7 +76,8 @@ def run(cfg: QueriesConfig, beam_flags=()):
     wiki = expand(cfg.wiki, "--wiki")
     for path, _ in wiki:
         check_wiki(path)
-    text = [p for p, _ in expand(cfg.text, "--text")]
+    text_files = expand(cfg.text, "--text")
+    text = [p for p, _ in text_files]
     pageviews = [p for p, _ in expand(cfg.pageviews, "--pageviews")]
     wordnet = [p for p, _ in expand(cfg.wordnet, "--wordnet")]
     for path in wordnet:
@@ -90,12 +92,18 @@ def run(cfg: QueriesConfig, beam_flags=()):
                                 "pageviews": pageviews, "wordnet": wordnet, "metadata": metadata})
     FileSystems.mkdirs(cfg.out) if not FileSystems.exists(cfg.out) else None
 
-    p = make_pipeline(list(beam_flags))
-    build(p, resolved, wiki_sizes=dict(wiki))
-    result = run_pipeline(p)
-    c = counters(result)
-    pmi_dist = _distribution(result, "pmi_milli")
-    stats = funnel_from_counters(c, resolved, pmi_dist, wall=time.time() - t0)
+    # The pipeline's counts come back as a file in the output folder (every runner's workers can
+    # write there), under a name of this run's own; it is read and removed here.
+    counts_path = FileSystems.join(cfg.out, f".queries-counts-{uuid.uuid4().hex}.json")
+    try:
+        p = make_pipeline(list(beam_flags))
+        build(p, resolved, counts_path, sizes=dict(wiki + text_files))
+        run_pipeline(p)
+        c = read_stats(counts_path)
+    finally:
+        if FileSystems.exists(counts_path):
+            FileSystems.delete([counts_path])
+    stats = funnel_from_counters(c, resolved, _pmi_summary(c), wall=time.time() - t0)
     with FileSystems.create(FileSystems.join(cfg.out, "queries_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     if stats["kept"] == 0:
@@ -104,13 +112,12 @@ def run(cfg: QueriesConfig, beam_flags=()):
     return stats
 
 
-def _distribution(result, name):
-    for d in result.metrics().query()["distributions"]:
-        if d.key.metric.name == name:
-            v = d.committed or d.attempted
-            if v and v.count:
-                return {"min": v.min / 1000, "max": v.max / 1000, "mean": v.sum / v.count / 1000, "count": v.count}
-    return None
+def _pmi_summary(c):
+    """min, max, mean and count of the bigrams' PMI (the pipeline sums it in thousandths)."""
+    v = c.get("bigram_pmi_milli")
+    if not v or not v.get("count"):
+        return None
+    return {"min": v["min"] / 1000, "max": v["max"] / 1000, "mean": v["sum"] / v["count"] / 1000, "count": v["count"]}
 
 
 def funnel_from_counters(c, cfg, pmi_dist=None, wall=None):

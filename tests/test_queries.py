@@ -1,21 +1,29 @@
 """The query-list stage: readers on real dumps and lexicons, counts against a reference, PMI,
-source merging, determinism, the portable runner, and bad input."""
+source merging, determinism, the portable runner, every runner (a dask.distributed cluster,
+an external worker pool) giving the local outputs, and bad input."""
 
 import bz2
 import gzip
 import json
 import math
+import os
+import random
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import PipelineVisitor
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
 
 from clipforge.queries import lexicons, tokens
-from clipforge.queries.pipeline import QueriesConfig
-from clipforge.queries.stage import run
+from clipforge.queries.pipeline import QueriesConfig, _Smallest, build, read_lines, text_ranges
+from clipforge.queries.stage import expand, run
 from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
 from clipforge.schemas import QUERY
 from clipforge.schemas.files import read_metadata, read_stats
@@ -224,6 +232,171 @@ def test_same_input_same_bytes_on_any_worker_count_and_the_portable_runner(tmp_p
     assert outputs["one"] == outputs["two"] == outputs["portable"]
     assert len(json.loads(outputs["one"][1])) == 50
     assert outputs["one"][2]["over_max_entries"] > 0
+
+
+# --- every runner -------------------------------------------------------------------------
+
+def test_text_lines_split_like_read_from_text(tmp_path):
+    """Text files are read in byte ranges inside a ParDo (Read transforms are no-ops on some
+    runners): every range split gives exactly the lines Beam's ReadFromText gives."""
+    data = (b"first\r\nsecond\n\n\nthird\r\r\nfourth \xc3\xa9t\xc3\xa9\n\r\n  \nlast, no newline\r")
+    path = tmp_path / "t.txt"
+    path.write_bytes(data)
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(data))
+    whole = list(read_lines(str(path)))
+    assert whole == [b"first", b"second", b"", b"", b"third\r", "fourth été".encode(), b"", b"  ",
+                     b"last, no newline\r"]
+    assert list(read_lines(str(tmp_path / "t.txt.gz"))) == whole
+    for split in (1, 2, 3, 5, 8, 13, len(data) - 1, len(data), 1 << 20):
+        ranges = text_ranges([str(path)], {str(path): len(data)}, split_bytes=split)
+        assert len(ranges) == (math.ceil(len(data) / split) if split < len(data) else 1)
+        assert [line for r in ranges for line in read_lines(*r)] == whole, split
+    assert text_ranges([str(tmp_path / "t.txt.gz")], {str(tmp_path / "t.txt.gz"): 10 ** 9}) == \
+        [(str(tmp_path / "t.txt.gz"), 0, None)]  # compressed files are read whole
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        assert_that(p | beam.io.ReadFromText(str(path)), equal_to([line.decode() for line in whole]))
+
+
+def test_smallest_keeps_the_first_ranked_rows_through_any_merge():
+    rng = random.Random(5)
+    rows = [(rng.randrange(5), rng.randrange(-50, 50), f"q{i}", "unigram", i, None) for i in range(500)]
+    for n in (1, 7, 100, 499, 500, 1000, 0):
+        fn, lists = _Smallest(n), _Smallest(n, lists=True)
+        accs = []
+        for part in (rows[:100], rows[100:333], rows[333:]):
+            acc = fn.create_accumulator()
+            for r in part:
+                acc = fn.add_input(acc, r)
+            accs.append(acc)
+        shard_lists = [fn.extract_output(fn.merge_accumulators(accs[:2])), fn.extract_output(accs[2])]
+        acc = lists.create_accumulator()
+        for lst in shard_lists:
+            acc = lists.add_input(acc, lst)
+        expected = sorted(rows, key=lambda r: r[:3])
+        assert lists.extract_output(acc) == (expected[:n] if n else expected), n
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(world_dir, tmp_path_factory):
+    """The demo world's dump, pageviews and WordNet, plus what exercises every reader and
+    counter: a dump that breaks off, text corpora (CRLF lines, blank lines, gzip without a final
+    newline), pageviews with malformed lines, an imported metadata.json. Returns the inputs
+    and the counts they must give."""
+    d = tmp_path_factory.mktemp("engine-inputs")
+    dump = next((world_dir / "wiki").glob("*.xml.bz2"))
+    xml = bz2.decompress(dump.read_bytes())
+    (d / "cut.xml").write_bytes(xml[: int(len(xml) * 0.6)])
+    with open(dump, "rb") as f:
+        articles = [p for p in iter_pages(bz2.open(f)) if p.ns == 0 and not p.redirect]
+    cut_articles = []
+    with pytest.raises(DumpError):
+        for page in iter_pages(open(d / "cut.xml", "rb"), "cut.xml"):
+            if page.ns == 0 and not page.redirect:
+                cut_articles.append(page)
+    assert 0 < len(cut_articles) < len(articles)
+    lines = [line for p in articles for line in wikitext_to_prose(p.text).split("\n")]
+    rng = random.Random(11)
+    (d / "corpus.txt").write_bytes("".join(line + rng.choice(["\n", "\r\n", "\n\n"]) for line in lines).encode())
+    text_docs = sum(1 for _ in read_lines(str(d / "corpus.txt")))
+    (d / "more.txt.gz").write_bytes(gzip.compress("\n".join(lines[: len(lines) // 2]).encode()))
+    text_docs += len(lines) // 2
+    (d / "views").write_bytes(b"en Circle 80 0\nthis line is garbage\nen Square x 0\r\nen Star 90 0\r\n"
+                              b"en Talk:Foo 100 0\nen _ 100 0\nde Kreis 500 0\n")
+    (d / "metadata.json").write_text(json.dumps(["zebra crossing", "red", "zebra crossing", "Circle", "!"]))
+    inputs = dict(wiki=[str(world_dir / "wiki" / "*.xml.bz2"), str(d / "cut.xml")],
+                  text=[str(d / "corpus.txt"), str(d / "more.txt.gz")],
+                  pageviews=[str(world_dir / "pageviews" / "*.gz"), str(d / "views")],
+                  wordnet=[str(world_dir / "wordnet" / "*.yaml")], metadata=[str(d / "metadata.json")])
+    demo_views = sum(1 for f in (world_dir / "pageviews").glob("*.gz") for _ in read_lines(str(f)))
+    return inputs, {"documents": len(articles) + len(cut_articles) + text_docs, "pageview_lines": demo_views + 5}
+
+
+def engine_cfg(inputs, out):
+    return QueriesConfig(**inputs, out=str(out), min_count=20, min_pmi=2.0, max_entries=200)
+
+
+def stage_outputs(out, stats):
+    """What a run leaves behind: the list's bytes and its funnel (without the wall time). The
+    pipeline's own counts file is gone."""
+    assert sorted(os.listdir(out)) == ["metadata.json", "queries.parquet", "queries_stats.json"]
+    written = read_stats(out / "queries_stats.json")
+    assert written["extra"].pop("seconds") > 0 and stats["extra"].pop("seconds") > 0
+    assert written == stats
+    return {"queries.parquet": (out / "queries.parquet").read_bytes(),
+            "metadata.json": (out / "metadata.json").read_bytes(), "stats": stats}
+
+
+@pytest.fixture(scope="module")
+def local_outputs(engine_inputs, tmp_path_factory):
+    inputs, expected = engine_inputs
+    out = tmp_path_factory.mktemp("engine-local") / "q"
+    got = stage_outputs(out, run(engine_cfg(inputs, out), ONE_WORKER))
+    s = got["stats"]
+    corpus = s["extra"]["corpus"]
+    assert corpus["documents"] == expected["documents"]
+    assert corpus["wiki_files_broken"] == 1 and corpus["pageview_lines_malformed"] == 2
+    assert corpus["pageview_lines"] == expected["pageview_lines"]
+    assert s["kept"] == 200 and s["dropped"]["over_max_entries"] > 0
+    assert s["kept"] + sum(s["dropped"].values()) == s["input"]
+    assert s["dropped"]["below_min_pmi"] > 0 and s["extra"]["bigram_pmi"]["count"] > 0
+    assert s["dropped"]["empty_or_punctuation"] >= 2  # "!" and the title "_"
+    assert all(s["extra"]["sources"][src]["kept"] > 0 for src in ("metadata", "wordnet", "unigram"))
+    assert all(s["extra"]["sources"][src]["candidates"] > 0 for src in ("bigram", "title"))
+    assert read_metadata(out / "metadata.json")[:3] == ["zebra crossing", "red", "Circle"]
+    return got
+
+
+@pytest.mark.timeout(900)
+def test_a_dask_cluster_gives_the_local_list(engine_inputs, local_outputs, tmp_path, dask_cluster):
+    """On Beam's DaskRunner against a dask.distributed cluster (a scheduler and two workers):
+    byte-identical queries.parquet and metadata.json, and the same funnel, every count of it."""
+    out = tmp_path / "dask"
+    stats = run(engine_cfg(engine_inputs[0], out), ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
+    assert stage_outputs(out, stats) == local_outputs
+
+
+@pytest.mark.timeout(900)
+def test_an_external_worker_pool_gives_the_local_list(engine_inputs, local_outputs, tmp_path, worker_pool):
+    """Through Beam's portable path with an external worker pool (how Flink and Spark run
+    Python): the same bytes and the same funnel."""
+    out = tmp_path / "pool"
+    stats = run(engine_cfg(engine_inputs[0], out), worker_pool)
+    assert stage_outputs(out, stats) == local_outputs
+
+
+def test_the_pipeline_keeps_to_what_every_runner_translates(engine_inputs, tmp_path):
+    """Only Impulse (inside Create), ParDo, GroupByKey and Flatten; no side inputs, no
+    multi-output ParDo, no Read (ReadFromText is one); and the last step (all that DaskRunner computes) depends on
+    every other step."""
+    inputs, _ = engine_inputs
+    resolved = {k: [p for p, _ in expand(v, f"--{k}")] for k, v in inputs.items()}
+    p = beam.Pipeline(options=PipelineOptions([]))
+    build(p, engine_cfg(resolved, tmp_path), str(tmp_path / "counts.json"))
+    leaves, composites = [], []
+
+    class Collect(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            composites.append(node)
+
+        def visit_transform(self, node):
+            leaves.append(node)
+
+    p.visit(Collect())
+    assert not [n.full_label for n in composites if isinstance(n.transform, beam.io.Read)]
+    for node in leaves:
+        assert isinstance(node.transform, (beam.Impulse, beam.ParDo, beam.GroupByKey, beam.Flatten)), node.full_label
+        assert not node.side_inputs, node.full_label
+        if isinstance(node.transform, beam.ParDo):
+            assert len(node.outputs) == 1, node.full_label
+    last, upstream, todo = leaves[-1], set(), [leaves[-1]]
+    while todo:
+        for pcoll in todo.pop().inputs:
+            producer = getattr(pcoll, "producer", None)
+            if producer is not None and producer not in upstream:
+                upstream.add(producer)
+                todo.append(producer)
+    assert last.full_label.startswith("FinishWithStats")
+    assert [n.full_label for n in leaves if n is not last and n not in upstream] == []
 
 
 # --- bad input, through the command line ------------------------------------------------------
