@@ -9,6 +9,7 @@ import bz2
 import gzip
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -92,12 +93,18 @@ def run(cfg: QueriesConfig, beam_flags=()):
                                 "pageviews": pageviews, "wordnet": wordnet, "metadata": metadata})
     FileSystems.mkdirs(cfg.out) if not FileSystems.exists(cfg.out) else None
 
+    # Workers do not share our working directory (a dask worker runs where it was started):
+    # the pipeline gets local paths made absolute; the stats list them as matched.
+    for_workers = QueriesConfig(**{**resolved.__dict__, "out": _absolute(cfg.out),
+                                   **{k: [_absolute(x) for x in getattr(resolved, k)]
+                                      for k in ("wiki", "text", "pageviews", "wordnet", "metadata")}})
+    sizes = {_absolute(path): size for path, size in wiki + text_files}
     # The pipeline's counts come back as a file in the output folder (every runner's workers can
     # write there), under a name of this run's own; it is read and removed here.
-    counts_path = FileSystems.join(cfg.out, f".queries-counts-{uuid.uuid4().hex}.json")
+    counts_path = FileSystems.join(for_workers.out, f".queries-counts-{uuid.uuid4().hex}.json")
     try:
         p = make_pipeline(list(beam_flags))
-        build(p, resolved, counts_path, sizes=dict(wiki + text_files))
+        build(p, for_workers, counts_path, sizes=sizes)
         run_pipeline(p)
         c = read_stats(counts_path)
     finally:
@@ -110,6 +117,13 @@ def run(cfg: QueriesConfig, beam_flags=()):
         raise InputError("no queries produced: the inputs hold no entry that passes the thresholds "
                          f"(see {FileSystems.join(cfg.out, 'queries_stats.json')})")
     return stats
+
+
+def _absolute(path):
+    """A local path made absolute; a URL (gs://, s3://, ...) and WordNet's "nltk" as they are."""
+    if path == "nltk" or FileSystems.get_scheme(path) is not None:
+        return path
+    return os.path.abspath(path)
 
 
 def _pmi_summary(c):

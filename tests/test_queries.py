@@ -347,12 +347,19 @@ def local_outputs(engine_inputs, tmp_path_factory):
 
 
 @pytest.mark.timeout(900)
-def test_a_dask_cluster_gives_the_local_list(engine_inputs, local_outputs, tmp_path, dask_cluster):
+def test_a_dask_cluster_gives_the_local_list(engine_inputs, local_outputs, tmp_path, dask_cluster, monkeypatch):
     """On Beam's DaskRunner against a dask.distributed cluster (a scheduler and two workers):
-    byte-identical queries.parquet and metadata.json, and the same funnel, every count of it."""
-    out = tmp_path / "dask"
-    stats = run(engine_cfg(engine_inputs[0], out), ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
-    assert stage_outputs(out, stats) == local_outputs
+    byte-identical queries.parquet and metadata.json, and the same funnel, every count of it.
+    Inputs and output are given relative to a working directory the workers do not share."""
+    monkeypatch.chdir(tmp_path)
+    inputs = {k: [os.path.relpath(x, tmp_path) for x in v] for k, v in engine_inputs[0].items()}
+    stats = run(engine_cfg(inputs, "dask"), ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
+    got = stage_outputs(tmp_path / "dask", stats)
+    listed = got["stats"]["extra"]["inputs"]
+    assert listed == {k: [os.path.relpath(x, tmp_path) for x in v]
+                      for k, v in local_outputs["stats"]["extra"]["inputs"].items()}
+    got["stats"]["extra"]["inputs"] = local_outputs["stats"]["extra"]["inputs"]
+    assert got == local_outputs
 
 
 @pytest.mark.timeout(900)
