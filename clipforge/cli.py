@@ -166,7 +166,20 @@ def _add_crawl(sub):
     p.add_argument("--min-text-chars", type=int, default=3, help="shortest caption kept (default: %(default)s)")
     p.add_argument("--max-text-chars", type=int, default=1024, help="longest caption kept (default: %(default)s)")
     p.add_argument("--rows-per-file", type=int, default=250_000, help="pairs per output parquet (default: %(default)s)")
+    _progress_flags(p)
     p.set_defaults(func=_crawl, parser=p, beam=True)
+
+
+def _progress_flags(p):
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between two progress lines (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+
+
+def _progress_every(a):
+    if a.progress_every <= 0 and not a.quiet:
+        raise UserError("--progress-every must be positive (--quiet turns progress off)")
+    return 0.0 if a.quiet else a.progress_every
 
 
 def _crawl(a, beam_flags):
@@ -193,8 +206,8 @@ def _crawl(a, beam_flags):
     cfg = CrawlConfig(inputs=expand_inputs(inputs), queries=load_queries(queries), out=out or "data/pairs",
                       max_per_query=t, langs=langs, min_lang_score=a.min_lang_score, seed=a.seed,
                       url_col=a.url_col, text_col=a.text_col, page_col=a.page_url_col,
-                      min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars, rows_per_file=a.rows_per_file)
-    print(f"crawl: {len(cfg.inputs)} input part(s), {len(cfg.queries):,} queries", flush=True)
+                      min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars, rows_per_file=a.rows_per_file,
+                      progress_every=_progress_every(a))
     s = run(cfg, beam_flags)
     top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:5])
     print(f"crawl: {s['kept']:,} of {s['input']:,} image links kept -> {cfg.out}/pairs-*.parquet "
@@ -245,6 +258,7 @@ def _add_shard(sub):
     p.add_argument("--downloader", choices=("clipforge", "img2dataset"), default="clipforge",
                    help="img2dataset: hand the pairs to img2dataset with matching settings and bring its "
                         "output to this layout (no deadline, no guard after redirects) (default: clipforge)")
+    _progress_flags(p)
     p.set_defaults(func=_shard, parser=p, beam=True)
 
 
@@ -285,7 +299,8 @@ def _shard(a, beam_flags):
                       threads=a.threads, per_host=a.per_host, connect_timeout=a.timeout, read_timeout=a.timeout,
                       deadline=a.deadline, max_bytes=a.max_bytes, retries=a.retries,
                       user_agent=a.user_agent or DEFAULT_USER_AGENT, allow_private=allow,
-                      respect_noai=not a.ignore_noai, url_col=a.url_col, text_col=a.text_col)
+                      respect_noai=not a.ignore_noai, url_col=a.url_col, text_col=a.text_col,
+                      progress_every=_progress_every(a))
     print(f"shard: {n:,} pairs -> about {max(1, -(-n // per_shard))} shard(s) in {cfg.out}", flush=True)
     with server:
         if a.downloader == "img2dataset":

@@ -21,6 +21,7 @@ The counts travel as data (small dictionaries summed at the end), not as runner 
 import hashlib
 import io
 import math
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline import balance, captions, readers, spill
+from clipforge.pipeline import balance, captions, progress, readers, spill
 from clipforge.pipeline.runner import FinishWithStats
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
@@ -69,7 +70,8 @@ class CrawlConfig:
     min_text_chars: int = captions.MIN_CHARS
     max_text_chars: int = captions.MAX_CHARS
     rows_per_file: int = 250_000  # target pairs per partition (and so at most per output file)
-    partitions: int = 0  # 0: from the inputs' size, see stage.partitions_for
+    partitions: int = 0  # 0: from the inputs' size (crawl_stage.run)
+    progress_every: float = 10.0  # seconds between progress lines; 0: none
 
 
 # --- per-process resources -----------------------------------------------------------------
@@ -99,7 +101,8 @@ def _digest(*parts):
 # --- pass 1: read, judge, match, spill -------------------------------------------------------
 
 def candidate_batches(item, cols, pages):
-    """(urls, texts, pages, unreadable count, format) batches of one work item."""
+    """(urls, texts, pages, unreadable count, format, fraction of the item read) batches of one
+    work item."""
     path, fmt, part = item
     if fmt == "parquet":
         if "://" in path:
@@ -111,15 +114,27 @@ def candidate_batches(item, cols, pages):
         url_c = readers.pick_column(names, cols[0], readers.URL_COLUMNS, "url", path)
         text_c = readers.pick_column(names, cols[1], readers.TEXT_COLUMNS, "text", path)
         page_c = readers.pick_column(names, cols[2], readers.PAGE_COLUMNS, "page", path)
+        rows, done = max(1, pf.metadata.row_group(part).num_rows), 0
         for batch in pf.iter_batches(batch_size=BATCH, row_groups=[part], columns=[c for c in (url_c, text_c, page_c) if c]):
-            yield readers.url_list_arrow(batch, url_c, text_c, page_c) + ("urllist",)
+            done += batch.num_rows
+            yield readers.url_list_arrow(batch, url_c, text_c, page_c) + ("urllist", done / rows)
         return
+    size = max(1, FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
     if fmt in ("warc", "wat"):
         raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
         reader = readers.read_warc(raw, path, pages) if fmt == "warc" else readers.read_wat(raw, path, pages)
+        expansion = 1
     else:
         raw = FileSystems.open(path)  # compression from the extension
         reader = readers.read_text_table(readers.text_stream(raw, path), path, fmt, *cols)
+        expansion = 4 if path.lower().endswith((".gz", ".bz2", ".zst")) else 1  # tell() is after decompression
+
+    def fraction():
+        try:
+            return min(0.99, raw.tell() / (size * expansion))
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
     with raw:
         urls, texts, page_urls, bad, fmt_out = [], [], [], 0, "urllist" if fmt not in ("warc", "wat") else fmt
         for c in reader:
@@ -130,10 +145,10 @@ def candidate_batches(item, cols, pages):
             texts.append(c["text"])
             page_urls.append(c["page_url"])
             if len(urls) >= BATCH:
-                yield _arrays(urls, texts, page_urls) + (bad, fmt_out)
+                yield _arrays(urls, texts, page_urls) + (bad, fmt_out, fraction())
                 urls, texts, page_urls, bad = [], [], [], 0
         if urls or bad:
-            yield _arrays(urls, texts, page_urls) + (bad, fmt_out)
+            yield _arrays(urls, texts, page_urls) + (bad, fmt_out, 1.0)
 
 
 def _arrays(*columns):
@@ -148,7 +163,7 @@ class Match(beam.DoFn):
         self.cols = (cfg.url_col, cfg.text_col, cfg.page_col)
         self.args = (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars)
         self.key = _digest(*self.args)
-        self.root, self.n_parts = FileSystems.join(tmp, "matched"), n_parts
+        self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
 
     def setup(self):
         self.tf = _text_filter(self.key, self.args)
@@ -156,8 +171,9 @@ class Match(beam.DoFn):
     def process(self, work):
         index, item = work
         tf, counts, pages = self.tf, Counter(), {}
-        buffer, buffered, flushes = [], 0, 0
-        for urls, texts, page_urls, bad, fmt in candidate_batches(item, self.cols, pages):
+        buffer, buffered, flushes, matched = [], 0, 0, 0
+        notes, last_note = FileSystems.join(self.tmp, "progress"), time.monotonic()
+        for urls, texts, page_urls, bad, fmt, fraction in candidate_batches(item, self.cols, pages):
             counts["input"] += len(urls) + bad
             counts[f"input_{fmt}"] += len(urls)
             if bad:
@@ -176,13 +192,18 @@ class Match(beam.DoFn):
                                         "qids": qids, "input_format": pa.array([fmt] * n, pa.string()),
                                         "source_file": pa.array([item[0]] * n, pa.string())}, schema=MATCHED))
                 buffered += n
+            matched += n
             if buffered >= FLUSH_ROWS:
                 self._spill(index, flushes, buffer)
                 buffer, buffered, flushes = [], 0, flushes + 1
+            if time.monotonic() - last_note >= progress.NOTE_EVERY:
+                progress.note(notes, f"m{index:06d}", {"read": counts["input"], "matched": matched, "fraction": fraction})
+                last_note = time.monotonic()
         if buffer:
             self._spill(index, flushes, buffer)
         for k, v in pages.items():
             counts[f"pages_{k}"] += v
+        progress.note(notes, f"m{index:06d}", {"read": counts["input"], "matched": matched, "fraction": 1.0, "done": True})
         yield dict(counts)
 
     def _spill(self, index, flush, tables):
@@ -216,6 +237,7 @@ class Dedup(beam.DoFn):
         table = table.drop_columns(["_first"])
         spill.write_table(FileSystems.join(self.tmp, "dedup", f"p{part:05d}.parquet"), table, compression="lz4")
         spill.delete_partition(FileSystems.join(self.tmp, "matched"), part)
+        progress.note(FileSystems.join(self.tmp, "progress"), f"d{part:05d}", {"pairs": table.num_rows})
         yield "stats", {"drop_duplicate": dropped} if dropped else {}
         yield "matches", _sparse_counts(table.column("qids"), self.n_queries)
 
@@ -315,6 +337,7 @@ class Balance(beam.DoFn):
         else:
             kept_counts = (np.zeros(0, np.int32), np.zeros(0, np.int64))
         FileSystems.delete([path])
+        progress.note(FileSystems.join(self.tmp, "progress"), f"b{part:05d}", {"kept": n_kept})
         stats = {"kept": n_kept, "drop_balanced_out": table.num_rows - n_kept}
         yield "stats", {k: v for k, v in stats.items() if v}
         yield "kept", kept_counts

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import sys
 import time
 
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline import readers
+from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
 from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
 from clipforge.schemas.files import Funnel, read_metadata
@@ -80,16 +81,17 @@ _LINKS_PER_BYTE = {"warc": 1 / 500, "wat": 1 / 150, "csv": 1 / 100, "tsv": 1 / 1
 
 
 def estimate_links(items):
-    """Estimated image links of work items, from their files' sizes (row counts for parquet)."""
-    sizes = {}
+    """Estimated image links of each work item, from its file's size (row counts for parquet)."""
+    out, sizes = [], {}
     for path, fmt, part in items:
         if fmt == "parquet":
-            sizes[(path, part)] = _parquet_metadata(path).row_group(part).num_rows
-        elif path not in sizes:
-            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-            compressed = path.lower().endswith((".gz", ".bz2", ".zst")) and fmt not in ("warc", "wat")
-            sizes[path] = size * _LINKS_PER_BYTE[fmt] * (4 if compressed else 1)
-    return int(sum(sizes.values()))
+            out.append(_parquet_metadata(path).row_group(part).num_rows)
+            continue
+        if path not in sizes:
+            sizes[path] = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        compressed = path.lower().endswith((".gz", ".bz2", ".zst")) and fmt not in ("warc", "wat")
+        out.append(int(sizes[path] * _LINKS_PER_BYTE[fmt] * (4 if compressed else 1)))
+    return out
 
 
 def check_columns(items, url_col=None, text_col=None, page_col=None):
@@ -143,18 +145,21 @@ def run(cfg: CrawlConfig, beam_flags=()):
     if not cfg.queries:
         raise InputError("the query list is empty")
     check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col)
-    n_parts = cfg.partitions or n_partitions(estimate_links(cfg.inputs), cfg.rows_per_file)
+    estimates = estimate_links(cfg.inputs)
+    n_parts = cfg.partitions or n_partitions(sum(estimates), cfg.rows_per_file)
     tmp = FileSystems.join(cfg.out, "_tmp")
     if FileSystems.exists(tmp):  # left by a run that was killed
         FileSystems.delete([tmp])
     for d in (cfg.out, tmp):
         if not FileSystems.exists(d):
             FileSystems.mkdirs(d)
-    log.info("crawl: %d work item(s), %s queries, %d partition(s)", len(cfg.inputs), f"{len(cfg.queries):,}",
-             n_parts)
+    print(f"crawl: {len(cfg.inputs)} input part(s), {len(cfg.queries):,} queries, {n_parts} uid partition(s)",
+          file=sys.stderr, flush=True)
     p = make_pipeline(list(beam_flags))
     build(p, cfg, tmp, n_parts)
-    run_pipeline(p)
+    with progress.ProgressLine(_describe(FileSystems.join(tmp, "progress"), estimates, n_parts),
+                               interval=cfg.progress_every, quiet=cfg.progress_every <= 0):
+        run_pipeline(p)
     c = read_stats(FileSystems.join(tmp, "stats.json"))
     if "input" not in c:
         raise RuntimeError(f"the pipeline finished without writing its counts ({tmp}/stats.json)")
@@ -164,6 +169,35 @@ def run(cfg: CrawlConfig, beam_flags=()):
     with FileSystems.create(FileSystems.join(cfg.out, "crawl_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     return stats
+
+
+def _describe(notes_dir, estimates, n_parts):
+    """The progress line of a running crawl, from its workers' notes."""
+    start, total = time.monotonic(), max(1, sum(estimates))
+
+    def describe():
+        notes = progress.read_notes(notes_dir)
+        items = {int(k[1:]): v for k, v in notes.items() if k.startswith("m")}
+        elapsed = time.monotonic() - start
+        if not items:
+            return f"crawl: starting the workers ({len(estimates)} parts, {_fmt(total)} links estimated)"
+        read = sum(v["read"] for v in items.values())
+        matched = sum(v["matched"] for v in items.values())
+        done = sum(bool(v.get("done")) for v in items.values())
+        if done < len(estimates):
+            fraction = sum(estimates[i] * min(1.0, v["fraction"]) for i, v in items.items()) / total
+            return (f"crawl: matching {progress.bar(fraction)} {fraction:4.0%}  {done}/{len(estimates)} parts, "
+                    f"{read:,} links read ({read / max(elapsed, 1e-9):,.0f}/s), {matched:,} matched, "
+                    f"{progress.eta(elapsed, fraction)}")
+        deduped = sum(k.startswith("d") for k in notes)
+        balanced = sum(k.startswith("b") for k in notes)
+        return (f"crawl: {read:,} links read, {matched:,} matched; partitions deduplicated {deduped}/{n_parts}, "
+                f"balanced {balanced}/{n_parts}")
+    return describe
+
+
+def _fmt(n):
+    return f"{n:,}"
 
 
 def publish(out, tmp):

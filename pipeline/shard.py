@@ -60,6 +60,7 @@ class ShardConfig:
     respect_noai: bool = True
     url_col: str = None
     text_col: str = None
+    progress_every: float = 10.0  # seconds between whole-stage progress lines; 0: none
 
 
 def order_key(seed, uid):

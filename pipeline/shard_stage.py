@@ -10,13 +10,14 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import readers
-from clipforge.pipeline import spill
+from clipforge.pipeline import progress, spill
 from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes
@@ -70,7 +71,10 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     stats_path = FileSystems.join(cfg.out, "_counts.json")
     p = make_pipeline(list(beam_flags))
     build(p, cfg, n_pairs, stats_path)
-    run_pipeline(p)
+    n_shards = max(1, -(-n_pairs // cfg.samples_per_shard))
+    with progress.ProgressLine(_describe(cfg.out, n_shards), interval=cfg.progress_every,
+                               quiet=cfg.progress_every <= 0):
+        run_pipeline(p)
     c = read_stats(stats_path)
     FileSystems.delete([stats_path])
     if FileSystems.exists(spill_dir(cfg.out)):
@@ -81,6 +85,32 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     with FileSystems.create(FileSystems.join(cfg.out, "shard_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     return stats
+
+
+def _shard_indexes(out):
+    return {m.path for m in FileSystems.match([FileSystems.join(out, "[0-9]*.parquet")])[0].metadata_list}
+
+
+def _describe(out, n_shards):
+    """The whole-stage progress line, from the shard indexes published so far."""
+    start, before, seen = time.monotonic(), _shard_indexes(out), {}
+
+    def describe():
+        for path in _shard_indexes(out) - before - set(seen):
+            try:
+                t = spill.read_table(path, columns=["status"])
+            except Exception:  # being replaced
+                continue
+            seen[path] = (t.num_rows, pc.sum(pc.equal(t["status"], "success")).as_py() or 0)
+        pairs = sum(v[0] for v in seen.values())
+        images = sum(v[1] for v in seen.values())
+        elapsed = time.monotonic() - start
+        done, todo = len(seen), max(1, n_shards - len(before))
+        return (f"shard: {progress.bar((done + len(before)) / n_shards)} {done + len(before)}/{n_shards} shards"
+                f"{f' ({len(before)} reused)' if before else ''}, {pairs:,} pairs tried "
+                f"({pairs / max(elapsed, 1e-9):,.0f}/s), {images:,} images ({images / max(elapsed, 1e-9):,.0f}/s), "
+                f"{progress.eta(elapsed, done / todo) if done else 'ETA ?'}")
+    return describe
 
 
 def _settings(cfg):
