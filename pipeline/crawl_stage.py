@@ -3,6 +3,7 @@ partitions from the inputs' size, run the pipeline, publish the outputs (written
 moved into place) and write crawl_stats.json."""
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
-from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
+from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.schemas.files import Funnel, read_metadata
 from clipforge.schemas.records import CURATED_PAIR
 
@@ -145,6 +146,9 @@ def run(cfg: CrawlConfig, beam_flags=()):
     if not cfg.queries:
         raise InputError("the query list is empty")
     check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col)
+    # Workers of a distributed runner do not share the launcher's working directory.
+    cfg = dataclasses.replace(cfg, out=absolute(cfg.out),
+                              inputs=[(absolute(path), fmt, part) for path, fmt, part in cfg.inputs])
     estimates = estimate_links(cfg.inputs)
     n_parts = cfg.partitions or n_partitions(sum(estimates), cfg.rows_per_file)
     tmp = FileSystems.join(cfg.out, "_tmp")

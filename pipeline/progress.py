@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import threading
-import time
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems

@@ -96,13 +96,21 @@ def make_pipeline(beam_flags, default_workers=0):
         except ImportError:
             raise BeamFlagError("--runner=DaskRunner needs dask: pip install 'dask[distributed]'") from None
         standard.runner = DASK_RUNNER  # Beam does not resolve the short name itself
-        dask = options.view_as(DaskOptions)
-        if dask.npartitions is None and dask.partition_size is None:
+        dask_options = options.view_as(DaskOptions)
+        if dask_options.npartitions is None and dask_options.partition_size is None:
             # Our work items are coarse (a file, a row group, a partition): one Dask partition
             # each. Beam's default packs up to 128 into one partition, which runs them serially.
-            dask.partition_size = 1
+            dask_options.partition_size = 1
         return beam.Pipeline(runner=DaskRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def absolute(path):
+    """A local path made absolute (workers of a distributed runner do not share the launcher's
+    working directory); a filesystem URL (gs://, s3://, ...) as it is."""
+    if FileSystems.get_scheme(path) is not None:
+        return path
+    return os.path.abspath(path)
 
 
 class SumCounts(beam.CombineFn):

@@ -1,6 +1,7 @@
 """The shard stage as a command: find the pairs, run the pipeline, then finish the shard set:
 drop duplicate images across shards, write sizes.json and shard_stats.json."""
 
+import dataclasses
 import io
 import json
 import logging
@@ -16,9 +17,8 @@ import webdataset as wds
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline import readers
-from clipforge.pipeline import progress, spill
-from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
+from clipforge.pipeline import progress, readers, spill
+from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes
 from clipforge.schemas.records import SHARD_INDEX
@@ -65,6 +65,8 @@ def expand_pairs(patterns, url_col=None, text_col=None):
 
 def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     t0 = time.time()
+    # Workers of a distributed runner do not share the launcher's working directory.
+    cfg = dataclasses.replace(cfg, out=absolute(cfg.out), inputs=[(absolute(p), g) for p, g in cfg.inputs])
     if not FileSystems.exists(cfg.out):
         FileSystems.mkdirs(cfg.out)
     _remove_leftovers(cfg.out)

@@ -91,14 +91,21 @@ def _shard(key, n):
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
 
 
-def _tagged(element, tag):
-    """The value of a (tag, value) element when its tag is ``tag`` (to split a tagged stream)."""
-    return (element[1],) if element[0] == tag else ()
+class _Only(beam.DoFn):
+    """The values of the (tag, value) elements tagged ``tag`` (a DoFn with its parameter in the
+    constructor: Beam calls it on its fast path, a FlatMap with extra arguments is not)."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def process(self, element):
+        if element[0] == self.tag:
+            yield element[1]
 
 
 def _split(pcoll, label, tags):
-    """A stream of (tag, value) tuples -> {tag: PCollection of values} (one FlatMap each)."""
-    return {t: pcoll | f"{label}{t.capitalize()}" >> beam.FlatMap(_tagged, t) for t in tags}
+    """A stream of (tag, value) tuples -> {tag: PCollection of values} (one ParDo each)."""
+    return {t: pcoll | f"{label}{t.capitalize()}" >> beam.ParDo(_Only(t)) for t in tags}
 
 
 # --- readers -----------------------------------------------------------------------------
@@ -356,16 +363,16 @@ def _attach_first(item):
         yield bigram.split(" ", 1)[1], (bigram, c_ab, c_a)
 
 
-def _attach_second(item, shards):
+def _attach_second(item):
     """(second word, {"bigrams": ..., "unigram": ...}) -> (shard, ("bigram", (bigram, c_ab, c_a, c_b)))."""
     word, grouped = item
     c_b = next(iter(grouped["unigram"]), None)
     for bigram, c_ab, c_a in grouped["bigrams"]:
-        yield _shard(bigram, shards), ("bigram", (bigram, c_ab, c_a, c_b))
+        yield _shard(bigram, PMI_SHARDS), ("bigram", (bigram, c_ab, c_a, c_b))
 
 
-def _tokens_to_shards(n_tokens, shards):
-    return [(i, ("n", n_tokens)) for i in range(shards)]
+def _tokens_to_shards(n_tokens):
+    return [(i, ("n", n_tokens)) for i in range(PMI_SHARDS)]
 
 
 def _score_shard(item, min_pmi):
@@ -452,12 +459,21 @@ def _merge(item):
     return [(priority, order, query, source, count, pmi_)], counts
 
 
-def _classify(element, fn, args):
-    records, counts = fn(element, *args)
-    for r in records:
-        yield "records", r
-    key = element[0] if isinstance(element, tuple) else element
-    yield "counts", (_shard(key, COUNT_SHARDS), counts)
+class _Classify(beam.DoFn):
+    """element -> tagged records and one tagged (shard, counts); shards taken in turn."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def start_bundle(self):
+        self.turn = 0
+
+    def process(self, element):
+        records, counts = self.fn(element, *self.args)
+        for r in records:
+            yield "records", r
+        self.turn = (self.turn + 1) % COUNT_SHARDS
+        yield "counts", (self.turn, counts)
 
 
 class Classify(beam.PTransform):
@@ -470,7 +486,7 @@ class Classify(beam.PTransform):
         self.fn, self.args = fn, args
 
     def expand(self, pcoll):
-        parts = _split(pcoll | "Apply" >> beam.FlatMap(_classify, self.fn, self.args), "", ("records", "counts"))
+        parts = _split(pcoll | "Apply" >> beam.ParDo(_Classify(self.fn, self.args)), "", ("records", "counts"))
         counts = (parts["counts"] | "SumPerShard" >> beam.CombinePerKey(SumCounts())
                   | "ShardCounts" >> beam.Values())
         return parts["records"], counts
@@ -517,8 +533,8 @@ class _Smallest(beam.CombineFn):
         return acc[: self.n] if self.n else acc
 
 
-def _rank_shard(row, shards):
-    return _shard(row[2], shards), row
+def _rank_shard(row):
+    return _shard(row[2], RANK_SHARDS), row
 
 
 class WriteOutputs(beam.DoFn):
@@ -591,8 +607,8 @@ def build(p, cfg, stats_path, sizes=None):
                      | "AttachFirstCount" >> beam.FlatMap(_attach_first))
         by_shard = ({"bigrams": by_second, "unigram": unigram_counts}
                     | "JoinSecondWord" >> beam.CoGroupByKey()
-                    | "AttachSecondCount" >> beam.FlatMap(_attach_second, PMI_SHARDS))
-        n_per_shard = n_tokens | "TokensToShards" >> beam.FlatMap(_tokens_to_shards, PMI_SHARDS)
+                    | "AttachSecondCount" >> beam.FlatMap(_attach_second))
+        n_per_shard = n_tokens | "TokensToShards" >> beam.FlatMap(_tokens_to_shards)
         scored = _split((by_shard, n_per_shard) | "BigramsAndTokens" >> beam.Flatten()
                         | "GroupByShard" >> beam.GroupByKey()
                         | "ScorePMI" >> beam.FlatMap(_score_shard, cfg.min_pmi),
@@ -630,7 +646,7 @@ def build(p, cfg, stats_path, sizes=None):
                | "Merge" >> Classify(_merge))
     counts.append(c)
     n = cfg.max_entries or None
-    counts.append(rows | "RankShards" >> beam.Map(_rank_shard, RANK_SHARDS)
+    counts.append(rows | "RankShards" >> beam.Map(_rank_shard)
                   | "RankPerShard" >> beam.CombinePerKey(_Smallest(n))
                   | "ShardLists" >> beam.Values()
                   | "Rank" >> beam.CombineGlobally(_Smallest(n, lists=True)).without_defaults()

@@ -9,14 +9,13 @@ import bz2
 import gzip
 import json
 import logging
-import os
 import time
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline.runner import make_pipeline, read_stats, run_pipeline
+from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.queries import lexicons
 from clipforge.queries.pipeline import QueriesConfig, build
 from clipforge.schemas.files import Funnel
@@ -121,9 +120,7 @@ def run(cfg: QueriesConfig, beam_flags=()):
 
 def _absolute(path):
     """A local path made absolute; a URL (gs://, s3://, ...) and WordNet's "nltk" as they are."""
-    if path == "nltk" or FileSystems.get_scheme(path) is not None:
-        return path
-    return os.path.abspath(path)
+    return path if path == "nltk" else absolute(path)
 
 
 def _pmi_summary(c):

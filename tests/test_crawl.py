@@ -324,8 +324,8 @@ def test_balancing_follows_its_formula(synthetic_list, tmp_path):
     assert counts["zebra"]["kept"] == sum("zebra" in r["queries"] for r in rows)
 
 
-def _crawl_outputs(tmp_path, name, inputs, flags):
-    cfg = CrawlConfig(inputs=inputs, queries=["zebra", "lion", "red", "circle", "a"], out=str(tmp_path / name),
+def _crawl_outputs(tmp_path, name, inputs, flags, out=None):
+    cfg = CrawlConfig(inputs=inputs, queries=["zebra", "lion", "red", "circle", "a"], out=out or str(tmp_path / name),
                       max_per_query=50, langs=("en",), rows_per_file=100)
     stats = run(cfg, flags)
     stats["extra"].pop("seconds")
@@ -346,14 +346,19 @@ def test_same_output_on_any_worker_count_and_the_portable_runner(synthetic_list,
 
 
 @pytest.mark.timeout(900)
-def test_distributed_engines_give_the_local_output(synthetic_list, world_dir, tmp_path, dask_cluster, worker_pool):
+def test_distributed_engines_give_the_local_output(synthetic_list, world_dir, tmp_path, dask_cluster, worker_pool,
+                                                   monkeypatch):
     """The same crawl on a dask.distributed cluster (scheduler and two workers started by the
-    fixture) and through Beam's portable path with an external worker pool (how Flink and Spark
-    run Python): identical pairs, query counts and funnel."""
-    inputs = expand_inputs([str(synthetic_list), str(world_dir / "crawl" / "*.wat.gz"),
-                            str(world_dir / "crawl" / "*.warc.gz")])
+    fixture, in another working directory: paths given relative) and through Beam's portable
+    path with an external worker pool (how Flink and Spark run Python): identical pairs, query
+    counts and funnel."""
+    (tmp_path / "list.jsonl").write_bytes(synthetic_list.read_bytes())
+    archives = [str(world_dir / "crawl" / "*.wat.gz"), str(world_dir / "crawl" / "*.warc.gz")]
+    inputs = expand_inputs([str(tmp_path / "list.jsonl"), *archives])
     local = _crawl_outputs(tmp_path, "local", inputs, ["--direct_num_workers=2"])
-    dask = _crawl_outputs(tmp_path, "dask", inputs, ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
+    monkeypatch.chdir(tmp_path)
+    dask = _crawl_outputs(tmp_path, "dask", expand_inputs(["list.jsonl", *archives]),
+                          ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"], out="dask")
     pool = _crawl_outputs(tmp_path, "pool", inputs, worker_pool)
     assert local[1]["kept"] > 0 and local[1]["dropped"]["duplicate"] > 0
     assert dask == local
