@@ -82,7 +82,7 @@ def _tree_rss(root):
     return total
 
 
-def run_command(argv, interval=0.1):
+def run_command(argv, interval=0.5):
     """Run argv; return (seconds, peak resident bytes of its process tree). Fails loudly."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
