@@ -1,7 +1,7 @@
 """The query-list pipeline: sources in, one ranked, deduplicated list out (Apache Beam).
 
-    wiki dumps, text ─ ReadWikiPages/ReadText ─┬─ CountWords ──────────┬─ unigrams (count >= min_count)
-     (per file, counted in place)              └─ CountBigrams ─ Join ─┤─ bigrams  (count >= min_bigram_count,
+    wiki dumps, text ─ ReadCorpus ─────────────┬─ CountWords ──────────┬─ unigrams (count >= min_count)
+     (per file or range, counted in place)     └─ CountBigrams ─ Join ─┤─ bigrams  (count >= min_bigram_count,
                                                                        │            PMI >= min_pmi)
     pageviews ── ReadPageviews ─ SumViews ─────────────────────────────┤─ titles   (views >= min_views, no ':')
     WordNet ──── Lemmas ───────────────────────────────────────────────┤─ wordnet
@@ -20,7 +20,9 @@ last step, ``FinishWithStats``, that depends on everything else. So:
 - Files are read inside ParDos over a Create of file names (text files: of byte ranges), and
   each read counts its words and bigrams in a bounded dictionary (flushed when full), so only
   partial counts travel; the funnel counts of a file come out of the same ``process`` call.
-- A step that emits records and counts emits tagged tuples, split by two FlatMaps. Per-element
+  Dumps and text ranges are one Create and one reader, so that no Flatten stands between the
+  reader and the combiners (the local runner would write every partial count out there).
+- A step that emits records and counts emits tagged tuples, split by one ParDo a tag. Per-element
   count dictionaries are summed per shard right away (``Classify``); on the local runner the
   combiner is lifted into the producing step, so what travels is a handful of dictionaries.
 - N reaches the PMI step as data: the bigrams are keyed by one of ``PMI_SHARDS`` shards and N
@@ -198,51 +200,68 @@ class _Tally:
         return {"documents": self.documents, "tokens": self.tokens}
 
 
-class ReadWikiPages(beam.DoFn):
-    """path -> the word and bigram counts of its articles' prose (tagged "words", "bigrams"),
-    then one tagged "counts" dictionary; redirects and other namespaces counted and skipped."""
+class ReadCorpus(beam.DoFn):
+    """A work item of the corpus, ("wiki", path, 0, None) or ("text", path, start, end) -> the
+    word and bigram counts of its documents (tagged "words", "bigrams"), then one tagged
+    "counts" dictionary. One DoFn for both kinds, over one Create: the local runner then fuses
+    reading, counting and the combiners' first step (a Flatten of two readers would make it
+    write every partial count out between steps)."""
 
     def __init__(self, sizes, max_keys=200_000):
-        self.sizes = sizes  # path -> compressed size, for progress
+        self.sizes = sizes  # path -> size, for progress
         self.max_keys = max_keys
 
-    def process(self, path):
-        stream, raw = _open_binary(path)
-        size = self.sizes.get(path) or 0
-        start = last = time.monotonic()
-        n = 0
-        name = os.path.basename(path)
-        tally = _Tally(self.max_keys)
-        counts = {"wiki_pages": 0, "wiki_redirects_skipped": 0, "wiki_non_article_skipped": 0,
-                  "wiki_files_broken": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0}
-        try:
-            for page in iter_pages(stream, name):
-                counts["wiki_pages"] += 1
-                if page.redirect:
-                    counts["wiki_redirects_skipped"] += 1
-                    continue
-                if page.ns != 0:
-                    counts["wiki_non_article_skipped"] += 1
-                    continue
-                n += 1
-                counts["wiki_wikitext_bytes"] += len(page.text.encode("utf-8"))
-                prose = wikitext_to_prose(page.text)
-                counts["prose_bytes"] += len(prose.encode("utf-8"))
-                yield from tally.add(prose)
-                now = time.monotonic()
-                if now - last > 10:
-                    last = now
-                    _progress(name, n, raw, size, now - start)
-        except DumpError as e:
-            counts["wiki_files_broken"] += 1
-            log.warning("%s (pages before the break are kept)", e)
-        finally:
-            stream.close()
-            if raw is not stream:
-                raw.close()
-        _progress(name, n, raw, size, time.monotonic() - start, done=True)
-        yield from tally.flush()
-        yield "counts", {**counts, **tally.counts()}
+    def process(self, work):
+        kind, path, start, end = work
+        if kind == "wiki":
+            return read_wiki(path, self.sizes.get(path) or 0, self.max_keys)
+        return read_text(path, start, end, self.max_keys)
+
+
+def corpus_work(wiki, text, sizes=None):
+    """The corpus's work items: one per dump file, one per text range."""
+    return [("wiki", path, 0, None) for path in sorted(wiki)] + \
+        [("text", path, start, end) for path, start, end in text_ranges(text, sizes)]
+
+
+def read_wiki(path, size, max_keys):
+    """The articles of one dump, as ``ReadCorpus`` gives them; redirects and other namespaces
+    counted and skipped, a dump that breaks off counted (its pages before the break kept)."""
+    stream, raw = _open_binary(path)
+    start = last = time.monotonic()
+    n = 0
+    name = os.path.basename(path)
+    tally = _Tally(max_keys)
+    counts = {"wiki_pages": 0, "wiki_redirects_skipped": 0, "wiki_non_article_skipped": 0,
+              "wiki_files_broken": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0}
+    try:
+        for page in iter_pages(stream, name):
+            counts["wiki_pages"] += 1
+            if page.redirect:
+                counts["wiki_redirects_skipped"] += 1
+                continue
+            if page.ns != 0:
+                counts["wiki_non_article_skipped"] += 1
+                continue
+            n += 1
+            counts["wiki_wikitext_bytes"] += len(page.text.encode("utf-8"))
+            prose = wikitext_to_prose(page.text)
+            counts["prose_bytes"] += len(prose.encode("utf-8"))
+            yield from tally.add(prose)
+            now = time.monotonic()
+            if now - last > 10:
+                last = now
+                _progress(name, n, raw, size, now - start)
+    except DumpError as e:
+        counts["wiki_files_broken"] += 1
+        log.warning("%s (pages before the break are kept)", e)
+    finally:
+        stream.close()
+        if raw is not stream:
+            raw.close()
+    _progress(name, n, raw, size, time.monotonic() - start, done=True)
+    yield from tally.flush()
+    yield "counts", {**counts, **tally.counts()}
 
 
 def _progress(name, n, raw, size, elapsed, done=False):
@@ -259,29 +278,22 @@ def _progress(name, n, raw, size, elapsed, done=False):
                  name, n, 100 * pos / size, size / 1e6, rate, eta)
 
 
-class ReadText(beam.DoFn):
-    """(path, start, end) -> the word and bigram counts of its lines (one document a line),
-    then one tagged "counts" dictionary. Lines that are not UTF-8 are read with replacement
-    characters, and reported."""
-
-    def __init__(self, max_keys=200_000):
-        self.max_keys = max_keys
-
-    def process(self, work):
-        path, start, end = work
-        tally = _Tally(self.max_keys)
-        not_utf8 = 0
-        for line in read_lines(path, start, end):
-            try:
-                doc = line.decode("utf-8")
-            except UnicodeDecodeError:
-                doc = line.decode("utf-8", "replace")
-                not_utf8 += 1
-            yield from tally.add(doc)
-        if not_utf8:
-            log.warning("%s: %d lines are not UTF-8 (read with replacement characters)", path, not_utf8)
-        yield from tally.flush()
-        yield "counts", tally.counts()
+def read_text(path, start, end, max_keys):
+    """The lines of one text range (one document a line), as ``ReadCorpus`` gives them. Lines
+    that are not UTF-8 are read with replacement characters, and reported."""
+    tally = _Tally(max_keys)
+    not_utf8 = 0
+    for line in read_lines(path, start, end):
+        try:
+            doc = line.decode("utf-8")
+        except UnicodeDecodeError:
+            doc = line.decode("utf-8", "replace")
+            not_utf8 += 1
+        yield from tally.add(doc)
+    if not_utf8:
+        log.warning("%s: %d lines are not UTF-8 (read with replacement characters)", path, not_utf8)
+    yield from tally.flush()
+    yield "counts", tally.counts()
 
 
 class ReadPageviews(beam.DoFn):
@@ -578,20 +590,13 @@ def build(p, cfg, stats_path, sizes=None):
     maps input paths to their sizes (progress lines, text ranges)."""
     sizes = sizes or {}
     candidates, counts = [], []
-    corpus = []
-    if cfg.wiki:
-        # One dump file per worker at a time; pages are turned into prose and counted where they
-        # are read, so only partial counts (not the corpus) travel between steps.
-        corpus.append(p | "WikiFiles" >> beam.Create(sorted(cfg.wiki))
-                      | "SpreadFiles" >> beam.Reshuffle()
-                      | "ReadWikiPages" >> beam.ParDo(ReadWikiPages(sizes)))
-    if cfg.text:
-        corpus.append(p | "TextRanges" >> beam.Create(text_ranges(cfg.text, sizes))
-                      | "SpreadRanges" >> beam.Reshuffle()
-                      | "ReadText" >> beam.ParDo(ReadText()))
-    if corpus:
-        tallies = corpus[0] if len(corpus) == 1 else corpus | "Corpus" >> beam.Flatten()
-        parts = _split(tallies, "Corpus", ("words", "bigrams", "counts"))
+    if cfg.wiki or cfg.text:
+        # One dump file or text range per worker at a time; documents are counted where they are
+        # read, so only partial counts (not the corpus) travel between steps.
+        parts = _split(p | "CorpusFiles" >> beam.Create(corpus_work(cfg.wiki, cfg.text, sizes))
+                       | "SpreadFiles" >> beam.Reshuffle()
+                       | "ReadCorpus" >> beam.ParDo(ReadCorpus(sizes)),
+                       "Corpus", ("words", "bigrams", "counts"))
         counts.append(parts["counts"])
         unigram_counts = parts["words"] | "CountWords" >> beam.CombinePerKey(sum)
         n_tokens = (parts["counts"] | "Tokens" >> beam.Map(lambda c: c["tokens"])
