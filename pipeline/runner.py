@@ -12,9 +12,11 @@ DaskRunner is the strictest one that runs here):
 - Funnel counts are data, never Beam Metrics (DaskRunner has none): steps emit small count
   dictionaries that ``FinishWithStats`` sums and writes as one JSON file for the launcher.
 - Only Create, ParDo/Map/FlatMap, GroupByKey, Flatten and CombineGlobally(...).without_defaults()
-  (a GroupByKey and a ParDo); no side inputs, no multi-output ParDos, no Read transforms:
+  (a GroupByKey and a ParDo); no side inputs, no multi-output ParDos, no Read transforms, no
+  output from finish_bundle:
   DaskRunner translates nothing else faithfully (a multi-output ParDo hands every consumer
-  all outputs mixed, a Read becomes a no-op, a side input recomputes its producer).
+  all outputs mixed, a Read becomes a no-op, a side input recomputes its producer,
+  finish_bundle's output is dropped).
 - One step ends the pipeline and depends on everything else: DaskRunner computes only the
   last step it visits.
 """
@@ -58,7 +60,8 @@ def _all_option_classes(cls=PipelineOptions):
 
 
 def unknown_beam_flags(flags):
-    """The flags in ``flags`` that no Beam options class accepts."""
+    """The flags in ``flags`` that no Beam options class of an installed runner accepts."""
+    _register_runner_options()
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     seen = set()
     for cls in _all_option_classes():

@@ -86,3 +86,14 @@ def test_serve_runs_until_interrupted(world_dir):
             proc.kill()
     assert proc.returncode == 0, err
     assert out.strip().endswith("stopped")
+
+
+def test_every_installed_runners_flags_pass_the_flag_check():
+    """Dask's flags exist only once Beam's dask runner module is imported: the check imports it
+    (run in a fresh interpreter, where nothing else has)."""
+    code = ("from clipforge.pipeline.runner import unknown_beam_flags as u; "
+            "print(u(['--runner=DaskRunner', '--dask_client_address=tcp://127.0.0.1:8786', '--dask_npartitions=4', "
+            "'--flink_master=localhost:8081', '--spark_master_url=spark://m:7077', '--nonsense_flag=1']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "['--nonsense_flag=1']"
