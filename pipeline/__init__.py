@@ -5,7 +5,9 @@
 - shard: pairs -> fetched, resized images packed as WebDataset tars
   (``schemas.records.SHARD_SAMPLE``, ``SHARD_INDEX``, ``sizes.json``).
 
-Modules: ``runner`` (how a Beam stage is launched), ``readers``, ``captions``, ``langid``,
-``matching``, ``balance``, ``crawl`` + ``crawl_stage`` (the crawl), ``fetch``, ``images``,
-``shard`` + ``shard_stage`` (the shard stage), ``img2dataset_downloader``.
+Modules: ``runner`` (how a Beam stage is launched, on any runner), ``spill`` (hash-partitioned
+files between passes), ``progress`` (progress lines from workers' notes), ``readers``,
+``captions``, ``langid``, ``matching``, ``textfilter`` (the crawl's text stage on batches),
+``balance``, ``crawl`` + ``crawl_stage`` (the crawl), ``fetch``, ``images``, ``shard`` +
+``shard_stage`` (the shard stage), ``img2dataset_downloader``.
 """

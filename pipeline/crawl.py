@@ -105,11 +105,7 @@ def candidate_batches(item, cols, pages):
     work item."""
     path, fmt, part = item
     if fmt == "parquet":
-        if "://" in path:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-                pf = pq.ParquetFile(io.BytesIO(raw.read()))
-        else:
-            pf = pq.ParquetFile(path)
+        pf = readers.open_parquet(path)
         names = pf.schema_arrow.names
         url_c = readers.pick_column(names, cols[0], readers.URL_COLUMNS, "url", path)
         text_c = readers.pick_column(names, cols[1], readers.TEXT_COLUMNS, "text", path)

@@ -46,10 +46,7 @@ def input_format(path):
 
 
 def _parquet_metadata(path):
-    if "://" not in path:
-        return pq.ParquetFile(path).metadata
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return pq.ParquetFile(io.BytesIO(f.read())).metadata
+    return readers.open_parquet(path).metadata
 
 
 def expand_inputs(patterns):

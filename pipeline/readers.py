@@ -195,6 +195,19 @@ def pick_column(names, wanted, candidates, what, source):
     raise ValueError(f"{source}: no {what} column among {', '.join(names)}; name it with --{what}-col")
 
 
+def open_parquet(path):
+    """A pyarrow ParquetFile of a local path, or of any Beam filesystem URL (read whole)."""
+    import pyarrow.parquet as pq
+
+    if "://" not in path:
+        return pq.ParquetFile(path)
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.ParquetFile(io.BytesIO(f.read()))
+
+
 def url_list_format(path):
     name = path.lower()
     for ext in (".gz", ".bz2", ".zst"):

@@ -27,7 +27,6 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge.pipeline import balance, readers, spill
@@ -80,11 +79,7 @@ SPILLED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()),
 def pair_batches(path, group, url_col=None, text_col=None, batch_size=8192):
     """Arrow tables (SPILLED's columns) of one row group of a pairs file: pairs without a uid
     get clipforge's (``balance.uid`` of URL and text), missing columns are null."""
-    if "://" in path:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pf = pq.ParquetFile(io.BytesIO(f.read()))
-    else:
-        pf = pq.ParquetFile(path)
+    pf = readers.open_parquet(path)
     names = pf.schema_arrow.names
     url_c = readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
     text_c = readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
