@@ -1,0 +1,82 @@
+"""Running a command on hostile input with a watchdog: peak memory of the whole process tree, time.
+
+A probe that explodes must fail its test, not take the machine down: the watchdog kills the tree as
+soon as its resident memory passes the bound or the time runs out, and says which.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from bench.harness import _tree_rss
+
+GiB = 1 << 30
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_bytes: int
+    seconds: float
+    killed: str = ""          # "", "memory" or "time"
+
+    @property
+    def last_line(self):
+        lines = [ln for ln in self.stderr.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+
+def _descendants(root):
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, ()))
+    return out
+
+
+def run_bounded(argv, max_bytes=int(1.5 * GiB), timeout=300, interval=0.2, env=None, cwd=None):
+    """Run argv; kill its tree past max_bytes resident or timeout seconds. Returns an Outcome."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=cwd, start_new_session=True)
+    import threading
+    out, err = [], []
+    readers = [threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stdout, out), daemon=True),
+               threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stderr, err), daemon=True)]
+    for r in readers:
+        r.start()
+    peak, killed = 0, ""
+    while proc.poll() is None:
+        rss = _tree_rss(proc.pid)
+        peak = max(peak, rss)
+        if rss > max_bytes:
+            killed = "memory"
+        elif time.perf_counter() - t > timeout:
+            killed = "time"
+        if killed:
+            for pid in reversed(_descendants(proc.pid)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            proc.wait()
+            break
+        time.sleep(interval)
+    for r in readers:
+        r.join(timeout=10)
+    return Outcome(proc.returncode, (out[0] if out else b"").decode(errors="replace"),
+                   (err[0] if err else b"").decode(errors="replace"), peak, time.perf_counter() - t, killed)
