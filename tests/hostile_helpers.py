@@ -7,10 +7,14 @@ soon as its resident memory passes the bound or the time runs out, and says whic
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.harness import _tree_rss
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import _tree_rss  # noqa: E402
 
 GiB = 1 << 30
 
@@ -53,7 +57,6 @@ def run_bounded(argv, max_bytes=int(1.5 * GiB), timeout=300, interval=0.2, env=N
     t = time.perf_counter()
     proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=cwd, start_new_session=True)
-    import threading
     out, err = [], []
     readers = [threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stdout, out), daemon=True),
                threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stderr, err), daemon=True)]
