@@ -176,7 +176,7 @@ def test_tiny_run_learns_and_writes_its_run_directory(shards, tmp_path):
     assert (run / "bpe.txt.gz").exists() and list((run / "tensorboard").glob("events.out.tfevents.*"))
     stats = json.loads((run / "train_stats.json").read_text())
     assert stats["steps"] == 48 and stats["loader_skipped"] == {}   # 2 workers x 192 samples: no tail
-    ck = torch.load(run / "checkpoints" / "step_00000048.pt", weights_only=False)
+    ck = torch.load(run / "checkpoints" / "step_00000048.pt", weights_only=True)
     assert ck["step"] == 48 and ck["model_config"]["vision"]["image_size"] == 64 and ck["bpe_merges"]
     # A second run into the same directory must not overwrite it silently.
     again = _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--steps", "2"], check=False)
@@ -199,8 +199,8 @@ def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] and a[-1]["epoch"] == 1
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6), ra["step"]
-    wa = torch.load(tmp_path / "straight" / "checkpoints" / "step_00000016.pt", weights_only=False)["model"]
-    wb = torch.load(tmp_path / "killed" / "checkpoints" / "step_00000016.pt", weights_only=False)["model"]
+    wa = torch.load(tmp_path / "straight" / "checkpoints" / "step_00000016.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "killed" / "checkpoints" / "step_00000016.pt", weights_only=True)["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
     # Resuming with another loader layout is refused in one line.
     bad = _run_train(args + ["--out", str(tmp_path / "killed"), "--resume", "--workers", "1", "--steps", "20"],
@@ -251,7 +251,7 @@ def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     m = _metrics(run)
     assert len(m) == 6 and all(len(r["keys"]) == 2 and r["keys"][0] != r["keys"][1] for r in m)
     assert "x2" in proc.stdout and proc.stdout.count("train: done") == 1   # rank 0 alone reports
-    ck = torch.load(run / "checkpoints" / "step_00000006.pt", weights_only=False)
+    ck = torch.load(run / "checkpoints" / "step_00000006.pt", weights_only=True)
     assert len(ck["data"]["ranks"]) == 2
 
 
