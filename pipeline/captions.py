@@ -4,7 +4,8 @@
 ``no_text``, ``text_too_short``, ``text_too_long``, ``text_file_name``, ``text_number`` or
 ``text_boilerplate``. Cleaning: HTML entities unescaped, mojibake repaired with ftfy (only
 for non-ASCII text: ASCII cannot be mojibake), Unicode NFC, control and zero-width
-characters removed, whitespace collapsed.
+characters and bidirectional controls removed, whitespace collapsed. A raw text over
+``RAW_FACTOR`` times the longest caption is too long before any cleaning.
 """
 
 import html
@@ -16,8 +17,14 @@ from ftfy.badness import is_bad
 
 MIN_CHARS = 3
 MAX_CHARS = 1024
+# A raw text longer than RAW_FACTOR * max_chars is text_too_long without being cleaned: no
+# amount of entity or white space collapse makes a caption of it, and cleaning it costs time.
+RAW_FACTOR = 8
 
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# Zero-width characters, the soft hyphen, and bidirectional controls (marks, embeddings,
+# overrides, isolates): invisible, and the overrides can make a caption display reversed.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f\u061c"
+                                    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"), None)
 _SPACE = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FILE_NAME = re.compile(
@@ -67,6 +74,8 @@ def judge(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):
 
 
 def clean(text, min_chars=MIN_CHARS, max_chars=MAX_CHARS):
+    if text and len(text) > RAW_FACTOR * max_chars:
+        return None, "text_too_long"
     text = normalise(text or "")
     reason = judge(text, min_chars, max_chars)
     return (None, reason) if reason else (text, None)

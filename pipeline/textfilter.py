@@ -10,12 +10,16 @@ links that are kept. Matched queries are ids into ``self.queries`` (the query li
 in increasing order.
 """
 
+import hashlib
 import re
+from urllib.parse import urlsplit
 
+import idna
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipforge import limits
 from clipforge.pipeline import balance, captions
 from clipforge.pipeline.langid import LanguageID
 from clipforge.pipeline.matching import Matcher
@@ -23,11 +27,15 @@ from clipforge.pipeline.matching import Matcher
 # An absolute http(s) URL with a host and no whitespace; anything else is dropped. Written once
 # for Python's re and once for RE2 (pyarrow): on ASCII text they accept exactly the same strings
 # (the white space class is spelled out: RE2's \s lacks \v and \x1c-\x1f, Python's has them).
+# A host has no control characters and at most limits.MAX_HOST_CHARS characters; a URL at most
+# limits.MAX_URL_CHARS. A host that is not ASCII must be a valid internationalised name (IDNA,
+# UTS #46), the form a browser would resolve.
 _WS = r"\t\n\x0b\x0c\r\x1c-\x1f "
-_URL_ASCII = (rf"^(?i:https?)://(?:[^{_WS}/?#@]*@)?(?:[^{_WS}/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?"
-              rf"(?:[/?#][^{_WS}]*)?$")
-_URL = re.compile(r"^https?://(?:[^\s/?#@]*@)?(?:[^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?:[/?#]\S*)?\Z",
-                  re.IGNORECASE)
+_HOST_MAX = limits.MAX_HOST_CHARS
+_URL_ASCII = (rf"^(?i:https?)://(?:[^{_WS}/?#@]*@)?(?:[^{_WS}\x00-\x08\x0e-\x1b\x7f/?#:@\[\]]{{1,{_HOST_MAX}}}"
+              rf"|\[[0-9A-Fa-f:.]{{1,{_HOST_MAX}}}\])(?::[0-9]*)?(?:[/?#][^{_WS}]*)?$")
+_URL = re.compile(rf"^https?://(?:[^\s/?#@]*@)?(?P<host>[^\s\x00-\x08\x0e-\x1b\x7f/?#:@\[\]]{{1,{_HOST_MAX}}}"
+                  rf"|\[[0-9A-Fa-f:.]{{1,{_HOST_MAX}}}\])(?::\d*)?(?:[/?#]\S*)?\Z", re.IGNORECASE)
 _HTTP = re.compile(r"^https?:", re.IGNORECASE)
 
 # Outcome codes of a link, in funnel order.
@@ -39,8 +47,17 @@ _CODE = {r: i for i, r in enumerate(REASONS)}
 
 def url_problem(url):
     """None for a usable image URL, else the drop reason."""
-    if _URL.match(url):
-        return None
+    m = _URL.match(url) if len(url) <= limits.MAX_URL_CHARS else None
+    if m:
+        host = m.group("host")
+        if host.isascii():
+            return None
+        try:
+            idna.encode(host.rstrip("."), uts46=True)
+            urlsplit(url)          # what balance.uid parses (NFKC check of the netloc)
+            return None
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return "invalid_url"
     return "bad_url_scheme" if not _HTTP.match(url) else "invalid_url"
 
 
@@ -49,11 +66,18 @@ def url_codes(urls):
     urls = pc.fill_null(urls, "")
     ascii_ = pc.string_is_ascii(urls).to_numpy(zero_copy_only=False)
     ok = pc.match_substring_regex(urls, _URL_ASCII).to_numpy(zero_copy_only=False)
+    ok &= pc.less_equal(pc.utf8_length(urls), limits.MAX_URL_CHARS).to_numpy(zero_copy_only=False)
     codes = np.where(ok, OK, -1).astype(np.int8)
     for i in np.flatnonzero(~ok | ~ascii_):  # failures get their reason; non-ASCII URLs, Python's check
         problem = url_problem(urls[i].as_py())
         codes[i] = OK if problem is None else _CODE[problem]
     return codes
+
+
+def _cache_key(raw):
+    if len(raw) <= 64:
+        return raw
+    return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class TextFilter:
@@ -102,16 +126,23 @@ class TextFilter:
         return out
 
     def _outcomes(self, raws):
-        """Outcomes of distinct raw texts, from the cache or judged now (and remembered)."""
+        """Outcomes of distinct raw texts, from the cache or judged now (and remembered).
+
+        The cache holds only texts that pass the raw length check (no longer than
+        ``captions.RAW_FACTOR * max_chars``), keyed by the text itself when short and by a
+        16-byte hash otherwise: a page of 10 MB alts leaves nothing behind."""
         cache = self.cache
-        got = [cache.get(raw) for raw in raws]
-        new = [raw for raw, g in zip(raws, got) if g is None]
+        keys = [_cache_key(raw) for raw in raws]
+        got = [cache.get(k) for k in keys]
+        new = [(raw, k) for raw, k, g in zip(raws, keys, got) if g is None]
         if new:
-            judged = self.judge_texts(new)
+            judged = self.judge_texts([raw for raw, _ in new])
             got = [g if g is not None else judged[raw] for raw, g in zip(raws, got)]
-            if len(cache) + len(judged) > self.cache_size:
+            longest = captions.RAW_FACTOR * self.max_chars
+            remember = {k: judged[raw] for raw, k in new if len(raw) <= longest}
+            if len(cache) + len(remember) > self.cache_size:
                 cache.clear()
-            cache.update(judged)
+            cache.update(remember)
         return got
 
     def filter_arrow(self, urls, texts):
