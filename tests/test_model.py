@@ -1,6 +1,5 @@
-"""The CLIP model, its tokenizer and its loss, each against OpenAI's layout or a plain reference."""
+"""The CLIP model and its loss, each against OpenAI's layout or a plain reference (the tokenizer: test_tokenizer.py)."""
 
-import gzip
 import math
 import os
 import socket
@@ -12,7 +11,6 @@ import torch.nn.functional as F
 from clipforge.trainer.loss import clip_loss
 from clipforge.trainer.model import (CLIP, CONFIGS, CLIPConfig, SelfAttention, TextConfig, VisionConfig,
                                      config_from_openai_state_dict, load_openai_state_dict, model_config)
-from clipforge.trainer.tokenizer import CLIP_MERGES, Tokenizer, byte_alphabet, clean, read_merges, train_bpe, write_merges
 from clipforge.trainer.train import backward_batch, cosine_lr, param_groups
 
 # Parameter counts of OpenAI's released models (as printed for `model.parameters()` in CLIP's
@@ -125,77 +123,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
-
-
-# --- tokenizer ---------------------------------------------------------------------------------
-
-CAPTIONS = ["a red circle on a white background", "Ein roter Kreis auf weißem Grund", "three blue squares!! 42",
-            "it's the dog's toy &amp; more", "  Photo   of a   GREEN star  ", "naïve café — déjà vu"] * 30
-
-
-def _reference_bpe(word: str, ranks: dict) -> list[str]:
-    """CLIP's BPE as its paper-era code describes it: repeatedly merge the lowest-ranked pair."""
-    symbols = list(word[:-1]) + [word[-1] + "</w>"]
-    while len(symbols) > 1:
-        pairs = {(symbols[i], symbols[i + 1]) for i in range(len(symbols) - 1)}
-        best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
-        if best not in ranks:
-            break
-        merged, i = [], 0
-        while i < len(symbols):
-            if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == best:
-                merged.append(symbols[i] + symbols[i + 1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
-    return symbols
-
-
-def test_tokenizer_matches_reference_bpe_and_clip_layout():
-    import re
-
-    merges = train_bpe(CAPTIONS, vocab_size=800)
-    tok = Tokenizer(merges, context_length=77)
-    assert tok.vocab_size == 512 + len(merges) + 2 and tok.eot_id == tok.vocab_size - 1
-    ranks = {m: i for i, m in enumerate(merges)}
-    ids = {t: i for i, t in enumerate(tok.vocab)}
-    # CLIP's pattern with \p{L} as [^\W\d_] and \p{N} as \d (the same on these texts, which have no "_").
-    pattern = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+")
-    enc = byte_alphabet()
-    for text in CAPTIONS[:6] + ["unseen wörds: zebra 2024!"]:
-        expected = []
-        for word in pattern.findall(clean(text)):
-            expected += [ids[s] for s in _reference_bpe("".join(enc[b] for b in word.encode()), ranks)]
-        assert tok.encode(text) == expected, text
-        row = tok(text)[0].tolist()
-        assert row[0] == tok.sot_id and row[len(expected) + 1] == tok.eot_id and row[len(expected) + 2:] == [0] * (75 - len(expected))
-        # Decoding gives the cleaned text with each pre-token followed by a space (CLIP's decode).
-        assert tok.decode(row) == " ".join(pattern.findall(clean(text)))
-
-
-def test_tokenizer_truncation_keeps_end_token_and_cleaning():
-    tok = Tokenizer(train_bpe(CAPTIONS, vocab_size=700), context_length=8)
-    row = tok(["one two three four five six seven eight nine ten"])[0].tolist()
-    assert len(row) == 8 and row[0] == tok.sot_id and row[-1] == tok.eot_id
-    assert clean("A&amp;amp;B  \n C") == "a&b c"
-    assert clean("cafÃ©") == "café"
-
-
-def test_merges_files_roundtrip_and_clip_file_convention(tmp_path):
-    merges = train_bpe(CAPTIONS, vocab_size=700)
-    write_merges(tmp_path / "bpe.txt.gz", merges)
-    assert read_merges(tmp_path / "bpe.txt.gz") == merges
-    # CLIP's released file has ~262k merge lines; CLIP's tokenizer reads the first 48,894 (49,408 ids).
-    alphabet = list(byte_alphabet().values())
-    lines = [f"{alphabet[i % 256]} {alphabet[(i // 256) % 256]}" for i in range(CLIP_MERGES + 1000)]
-    with gzip.open(tmp_path / "clip.txt.gz", "wt") as f:
-        f.write("#version: 0.2\n" + "\n".join(lines) + "\n")
-    assert Tokenizer.from_file(tmp_path / "clip.txt.gz").vocab_size == 49408
-    (tmp_path / "bad.txt").write_text("#version\nabc\n")
-    with pytest.raises(ValueError, match="not a BPE merges file"):
-        read_merges(tmp_path / "bad.txt")
 
 
 # --- loss --------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
 """CLIP's text tokenizer: byte-level BPE over cleaned, lower-cased text, context 77.
 
-A vocabulary is a merges file in CLIP's format (`bpe_simple_vocab_16e6.txt.gz`: a `#version`
-line, then one merge `a b` per line). Token ids follow CLIP's layout: the 256 byte characters,
-the same with the end-of-word mark `</w>`, one id per merge in order, then `<|startoftext|>`
-and `<|endoftext|>`, so end-of-text is the highest id (the text tower reads its feature there).
+A vocabulary is a merges file in CLIP's format: a header line, then one merge `a b` per line.
+CLIP's released `bpe_simple_vocab_16e6.txt.gz` (it ships with open_clip and OpenAI's CLIP) loads
+as released; its header line is `"bpe_simple_vocab_16e6.txt#version: 0.2`. Token ids follow
+CLIP's layout: the 256 byte characters in CLIP's order (the printable bytes `!`..`~`, `¡`..`¬`,
+`®`..`ÿ` first, then the other 68), the same with the end-of-word mark `</w>`, one id per merge in
+order, then `<|startoftext|>` and `<|endoftext|>`, so end-of-text is the highest id (the text tower
+reads its feature there). With CLIP's file the ids are CLIP's: "a photo of a cat" is
+49406 320 1125 539 320 2368 49407. The tests check this against open_clip's own tokenizer.
+
+Text is cleaned as open_clip cleans it (ftfy, HTML unescaped twice, whitespace runs to one
+space, lower case), with the same libraries. Text that spells a special token is ordinary text
+here (open_clip turns `<start_of_text>` into the start token, OpenAI's code `<|startoftext|>`).
 
 `train_bpe` learns merges from a dataset's own captions with the `tokenizers` library;
 `Tokenizer.from_file` loads them, or CLIP's released file (of which CLIP uses the first 48,894
@@ -15,36 +23,38 @@ from __future__ import annotations
 import gzip
 import html
 import json
-import re
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import regex
 import torch
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 CLIP_MERGES = 49152 - 256 - 2   # how many of its file's merges CLIP's tokenizer reads
 HEADER = "#version: 0.2 clipforge"
-# CLIP's pre-tokenisation: contractions, runs of letters, single digits, runs of other symbols.
-SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-_WS = re.compile(r"\s+")
+# CLIP's pre-tokenisation: contractions, runs of letters, single digits, runs of other symbols;
+# whitespace separates and is dropped. Case-insensitive, and run by the `regex` module as CLIP's
+# is: its Unicode tables and case folding decide what a letter is (tokenizers' own regex engine
+# is older and disagrees on ~17k recent letters and on U+0345).
+SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_WORDS = regex.compile(SPLIT, regex.IGNORECASE)
 
 
 @lru_cache()
 def byte_alphabet() -> dict[int, str]:
     """Each byte to a printable character, so BPE never sees whitespace or control bytes.
 
-    Printable Latin-1 bytes keep their own character; the rest are shifted above U+0100.
+    Printable Latin-1 bytes keep their own character; the other 68 are shifted above U+0100, in
+    byte order. The dict's order is CLIP's order of the 256 base symbols (printable bytes first),
+    which fixes the ids 0..511.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    mapping, shift = {}, 0
-    for b in range(256):
-        if b in keep:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + shift)
-            shift += 1
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    rest = [b for b in range(256) if b not in mapping]
+    mapping.update({b: chr(256 + i) for i, b in enumerate(rest)})
     return mapping
 
 
@@ -53,35 +63,65 @@ def clean(text: str) -> str:
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
-    return _WS.sub(" ", text).strip().lower()
+    return " ".join(text.split()).lower()
 
 
-def _pre_tokenizer():
-    from tokenizers import Regex, pre_tokenizers
+def words(text: str) -> list[str]:
+    """The pre-tokens of a cleaned text (BPE runs within each)."""
+    return _WORDS.findall(text)
 
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+
+def _byte_level():
+    from tokenizers import pre_tokenizers
+
+    # The bytes of each pre-token as CLIP's printable characters (the same table as byte_alphabet).
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+
+
+def _is_header(line: str) -> bool:
+    # Ours and Hugging Face's start with "#version:"; CLIP's released file has
+    # `"bpe_simple_vocab_16e6.txt#version: 0.2` (the file name before it).
+    return line.startswith("#") or "#version:" in line
 
 
 def read_merges(path: str | Path) -> list[tuple[str, str]]:
+    """The merges of a merges file; a file that is not one raises ValueError with one line."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a BPE merges file ({e})") from None
-    header, body = (lines[0], lines[1:]) if lines and lines[0].startswith("#") else ("", lines)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a BPE merges file ({type(e).__name__}: {e})") from None
+    header, body = (lines[0], lines[1:]) if lines and _is_header(lines[0]) else ("", lines)
     merges = [tuple(line.split()) for line in body if line.strip()]
-    if any(len(m) != 2 for m in merges):
-        raise ValueError(f"{path}: not a BPE merges file (a line is not two space-separated symbols)")
+    bad = next((i for i, m in enumerate(merges) if len(m) != 2), None)
+    if bad is not None:
+        raise ValueError(f"{path}: not a BPE merges file (a line is not two space-separated symbols: "
+                         f"{' '.join(merges[bad])[:60]!r})")
     if not header.startswith(HEADER):
         merges = merges[:CLIP_MERGES]   # CLIP's released file: CLIP reads only its first merges
     if not merges:
         raise ValueError(f"{path}: no merges")
+    try:
+        check_merges(merges)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return merges
+
+
+def check_merges(merges: list[tuple[str, str]]):
+    """ValueError (one line) unless each merge joins two symbols that bytes or earlier merges make."""
+    symbols = set(byte_alphabet().values())
+    known = symbols | {s + "</w>" for s in symbols}
+    for i, m in enumerate(merges):
+        if len(m) != 2:
+            raise ValueError(f"not a BPE vocabulary: merge {i + 1} is not a pair of symbols ({repr(m)[:60]})")
+        a, b = m
+        if a not in known or b not in known:
+            raise ValueError(f"not a BPE vocabulary: merge {i + 1} ({a} {b!s:.40}) joins a symbol that neither a "
+                             "byte nor an earlier merge makes")
+        known.add(a + b)
 
 
 def write_merges(path: str | Path, merges: list[tuple[str, str]]):
@@ -101,10 +141,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 49408, min_frequency: int 
     if vocab_size <= 514:
         raise ValueError("vocab_size must exceed 514 (512 byte symbols and two special tokens)")
     tok = HFTokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = _byte_level()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>")
-    tok.train_from_iterator((clean(t) for t in texts), trainer)
+    # One pre-token per item, split exactly as encoding splits (the trainer counts each as a word).
+    tok.train_from_iterator((w for t in texts for w in words(clean(t))), trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
     return merges[:vocab_size - 514]
@@ -115,6 +156,7 @@ class Tokenizer:
 
     def __init__(self, merges: list[tuple[str, str]], context_length: int = 77):
         self.merges = [tuple(m) for m in merges]
+        check_merges(self.merges)
         self.context_length = context_length
         symbols = list(byte_alphabet().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in self.merges] + [SOT, EOT]
@@ -135,12 +177,14 @@ class Tokenizer:
             from tokenizers import Tokenizer as HFTokenizer
             from tokenizers import models
 
-            # Later duplicates (rare in odd merge lists) must not shadow the first id.
-            ids = {}
-            for i, t in enumerate(self.vocab):
-                ids.setdefault(t, i)
-            self._hf = HFTokenizer(models.BPE(vocab=ids, merges=self.merges, end_of_word_suffix="</w>"))
-            self._hf.pre_tokenizer = _pre_tokenizer()
+            # A string made twice (two merges can give the same symbol) takes its last id, as in CLIP.
+            ids = {t: i for i, t in enumerate(self.vocab)}
+            try:
+                hf = HFTokenizer(models.BPE(vocab=ids, merges=self.merges, end_of_word_suffix="</w>"))
+            except Exception as e:   # check_merges should have caught it; still one line, no traceback
+                raise ValueError(f"not a BPE vocabulary ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            hf.pre_tokenizer = _byte_level()
+            self._hf = hf
         return self._hf
 
     def __getstate__(self):
@@ -151,7 +195,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens and without truncation."""
-        return self._backend().encode(clean(text)).ids
+        return self._backend().encode(words(clean(text)), is_pretokenized=True).ids
 
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         """[n, context] int64 ids: start, tokens, end, zero padding; too-long texts keep the end token."""
@@ -159,7 +203,8 @@ class Tokenizer:
             texts = [texts]
         n = context_length or self.context_length
         out = np.zeros((len(texts), n), dtype=np.int64)
-        for row, enc in enumerate(self._backend().encode_batch([clean(t) for t in texts])):
+        batch = self._backend().encode_batch([words(clean(t)) for t in texts], is_pretokenized=True)
+        for row, enc in enumerate(batch):
             ids = [self.sot_id] + enc.ids[:n - 2] + [self.eot_id]
             out[row, :len(ids)] = ids
         return torch.from_numpy(out)
