@@ -18,7 +18,7 @@ WORLD  ?= data/demo/world
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo world serve queries crawl shard stats train eval bench lock clean distclean
+.PHONY: help setup test demo world serve queries crawl shard stats train eval bench lock clean distclean openclip-env
 
 help:
 	@echo "make demo     run every stage on the offline demo web (sets up first)"
@@ -28,6 +28,7 @@ help:
 	@echo "make queries | crawl | shard | stats | train | eval   run one stage (ARGS='...' adds flags)"
 	@echo "make bench    run the benchmarks and rewrite BENCHMARKS.md"
 	@echo "make lock     re-resolve requirements.lock from pyproject.toml (maintainers)"
+	@echo "make openclip-env  side venv $(OPENCLIP_VENV) with open_clip itself (tests/test_openclip_weights.py)"
 	@echo "make clean    remove data/, runs/, reports/;  make distclean  also $(VENV)"
 
 setup: $(STAMP)
@@ -74,6 +75,21 @@ endif
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
 
+# A side venv with open_clip itself, torchvision included (which does not load beside the main
+# venv's torch): tests/test_openclip_weights.py runs clipforge's weights in it, and skips without it.
+# A large download (PyPI's torch is a CUDA build on Linux x86_64).
+OPENCLIP_VENV ?= .venv-openclip
+OPENCLIP_PINS := torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 timm==1.0.31 safetensors==0.8.0
+
+openclip-env: $(OPENCLIP_VENV)/.clipforge-openclip
+
+$(OPENCLIP_VENV)/.clipforge-openclip: requirements.lock
+	@test -x $(OPENCLIP_VENV)/bin/python || $(PYTHON) -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
+	$(OPENCLIP_VENV)/bin/python -m pip install -q -c requirements.lock $(OPENCLIP_PINS)
+	@touch $@
+	@echo "open_clip side venv done: $(OPENCLIP_VENV)"
+
 # Re-resolve every pin from pyproject.toml's ranges in a scratch venv.
 lock:
 	rm -rf /tmp/clipforge-lock && $(PYTHON) -m venv /tmp/clipforge-lock
@@ -89,4 +105,4 @@ clean:
 	rm -rf data runs reports
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(OPENCLIP_VENV) *.egg-info
