@@ -13,7 +13,7 @@ step holds more than one work item's batch or one partition's pairs, on any runn
                                                   all counts ─ stats.json (the funnel)
 
 Every candidate ends in exactly one bucket of ``crawl_stats.json``: kept, or one of
-``unreadable_record``, ``bad_url_scheme``, ``invalid_url``, the caption reasons of
+``unreadable_record``, ``field_too_large``, ``bad_url_scheme``, ``invalid_url``, the caption reasons of
 ``captions.judge``, ``lang_not_wanted``, ``no_query_match``, ``duplicate``, ``balanced_out``.
 The counts travel as data (small dictionaries summed at the end), not as runner metrics.
 """
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge import limits
 from clipforge.pipeline import balance, captions, progress, readers, spill
 from clipforge.pipeline.runner import FinishWithStats
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
@@ -67,6 +68,7 @@ class CrawlConfig:
     url_col: str = None
     text_col: str = None
     page_col: str = None
+    no_header: bool = False  # CSV/TSV lists without a header row: the *_col are 1-based positions
     min_text_chars: int = captions.MIN_CHARS
     max_text_chars: int = captions.MAX_CHARS
     rows_per_file: int = 250_000  # target pairs per partition (and so at most per output file)
@@ -100,51 +102,40 @@ def _digest(*parts):
 
 # --- pass 1: read, judge, match, spill -------------------------------------------------------
 
-def candidate_batches(item, cols, pages):
-    """(urls, texts, pages, unreadable count, format, fraction of the item read) batches of one
-    work item."""
+def candidate_batches(item, cols, pages, no_header=False):
+    """(urls, texts, pages, {reason: unreadable count}, format, fraction of the item read)
+    batches of one work item."""
     path, fmt, part = item
-    if fmt == "parquet":
-        pf = readers.open_parquet(path)
-        names = pf.schema_arrow.names
-        url_c = readers.pick_column(names, cols[0], readers.URL_COLUMNS, "url", path)
-        text_c = readers.pick_column(names, cols[1], readers.TEXT_COLUMNS, "text", path)
-        page_c = readers.pick_column(names, cols[2], readers.PAGE_COLUMNS, "page", path)
-        rows, done = max(1, pf.metadata.row_group(part).num_rows), 0
-        for batch in pf.iter_batches(batch_size=BATCH, row_groups=[part], columns=[c for c in (url_c, text_c, page_c) if c]):
-            done += batch.num_rows
-            yield readers.url_list_arrow(batch, url_c, text_c, page_c) + ("urllist", done / rows)
+    if fmt not in ("warc", "wat"):
+        for urls, texts, page_urls, bad, fraction in readers.url_list_batches(item, cols, no_header, BATCH):
+            yield urls, texts, page_urls, bad, "urllist", fraction
         return
     size = max(1, FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
-    if fmt in ("warc", "wat"):
-        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        reader = readers.read_warc(raw, path, pages) if fmt == "warc" else readers.read_wat(raw, path, pages)
-        expansion = 1
-    else:
-        raw = FileSystems.open(path)  # compression from the extension
-        reader = readers.read_text_table(readers.text_stream(raw, path), path, fmt, *cols)
-        expansion = 4 if path.lower().endswith((".gz", ".bz2", ".zst")) else 1  # tell() is after decompression
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    reader = readers.read_warc(raw, path, pages, size) if fmt == "warc" else readers.read_wat(raw, path, pages, size)
 
     def fraction():
         try:
-            return min(0.99, raw.tell() / (size * expansion))
+            return min(0.99, raw.tell() / size)
         except (OSError, ValueError, AttributeError):
             return 0.0
 
     with raw:
-        urls, texts, page_urls, bad, fmt_out = [], [], [], 0, "urllist" if fmt not in ("warc", "wat") else fmt
+        urls, texts, page_urls, bad, chars = [], [], [], {}, 0
         for c in reader:
             if isinstance(c, readers.Unreadable):
-                bad += 1
+                reason = readers.unreadable_reason(c)
+                bad[reason] = bad.get(reason, 0) + 1
                 continue
             urls.append(c["url"])
             texts.append(c["text"])
             page_urls.append(c["page_url"])
-            if len(urls) >= BATCH:
-                yield _arrays(urls, texts, page_urls) + (bad, fmt_out, fraction())
-                urls, texts, page_urls, bad = [], [], [], 0
+            chars += len(c["text"])
+            if len(urls) >= BATCH or chars > limits.MAX_BATCH_TEXT_CHARS:
+                yield _arrays(urls, texts, page_urls) + (bad, fmt, fraction())
+                urls, texts, page_urls, bad, chars = [], [], [], {}, 0
         if urls or bad:
-            yield _arrays(urls, texts, page_urls) + (bad, fmt_out, 1.0)
+            yield _arrays(urls, texts, page_urls) + (bad, fmt, 1.0)
 
 
 def _arrays(*columns):
@@ -156,7 +147,7 @@ class Match(beam.DoFn):
     the item's counts (input, drops by reason, languages, pages)."""
 
     def __init__(self, cfg, tmp, n_parts):
-        self.cols = (cfg.url_col, cfg.text_col, cfg.page_col)
+        self.cols, self.no_header = (cfg.url_col, cfg.text_col, cfg.page_col), cfg.no_header
         self.args = (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars)
         self.key = _digest(*self.args)
         self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
@@ -169,11 +160,11 @@ class Match(beam.DoFn):
         tf, counts, pages = self.tf, Counter(), {}
         buffer, buffered, flushes, matched = [], 0, 0, 0
         notes, last_note = FileSystems.join(self.tmp, "progress"), time.monotonic()
-        for urls, texts, page_urls, bad, fmt, fraction in candidate_batches(item, self.cols, pages):
-            counts["input"] += len(urls) + bad
+        for urls, texts, page_urls, bad, fmt, fraction in candidate_batches(item, self.cols, pages, self.no_header):
+            counts["input"] += len(urls) + sum(bad.values())
             counts[f"input_{fmt}"] += len(urls)
-            if bad:
-                counts["drop_unreadable_record"] += bad
+            for reason, n_bad in bad.items():
+                counts[f"drop_{reason}"] += n_bad
             codes, kept, uids, cleaned, langs, scores, qids = tf.filter_arrow(urls, texts)
             for code, n in enumerate(np.bincount(codes, minlength=len(REASONS)).tolist()):
                 if n and code != OK:
