@@ -73,7 +73,20 @@ def funnel(stats: dict) -> dict:
     return {"stage": stats["stage"], "unit": stats["unit"], "input": n, "kept": stats["kept"],
             "kept_share": stats["kept"] / n if n else 0.0,
             "dropped": [{"reason": r, "count": c, "share": c / n if n else 0.0}
-                        for r, c in sorted(stats["dropped"].items(), key=lambda kv: -kv[1])]}
+                        for r, c in sorted(stats["dropped"].items(), key=lambda kv: -kv[1])],
+            **({"pages": page_funnel(stats["extra"]["pages"])} if stats.get("extra", {}).get("pages") else {})}
+
+
+PAGE_BUCKETS = ("html", "not_html", "status_not_200", "unreadable")
+
+
+def page_funnel(pages: dict) -> dict:
+    """The crawl's web-archive records: each response in one bucket (read as HTML, not HTML, not 200,
+    unreadable), and apart from them how many pages were cut at a cap and still read."""
+    total = sum(v for k, v in pages.items() if k in PAGE_BUCKETS)
+    return {"responses": total, "truncated": pages.get("truncated", 0),
+            "buckets": [{"bucket": b, "count": pages.get(b, 0), "share": pages.get(b, 0) / total if total else 0.0}
+                        for b in PAGE_BUCKETS]}
 
 
 # --- queries and balancing --------------------------------------------------------------------

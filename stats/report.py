@@ -103,6 +103,15 @@ def write(stats: dict, plots: dict, samples: list[dict], out: Path, title: str =
             d.table([f"{x['stage']} (unit: {x['unit']})", "count", "share of input"],
                     [["input", x["input"], "100.0%"], ["kept", x["kept"], _pct(x["kept_share"])]] +
                     [[r["reason"], r["count"], _pct(r["share"])] for r in x["dropped"]], numeric=(1, 2))
+        for x in stats["funnels"]:
+            if x.get("pages"):
+                pg = x["pages"]
+                d.para(f"The {x['stage']} read {pg['responses']:,} web-archive responses (WARC response records, "
+                       f"WAT response envelopes); image links come only from those read as HTML"
+                       + (f"; {pg['truncated']:,} pages were cut at a size or nesting cap and read up to it."
+                          if pg["truncated"] else "."))
+                d.table(["response records", "count", "share"],
+                        [[b["bucket"], b["count"], _pct(b["share"])] for b in pg["buckets"]], numeric=(1, 2))
         if "chain" in stats:
             c = stats["chain"]
             d.para(f"From {c['image_links']:,} image links to {c['pairs']:,} pairs to {c['samples']:,} shard samples "

@@ -53,6 +53,14 @@ def test_funnels_are_the_stages_own_numbers(stage_outputs, report):
         assert {d["reason"]: d["count"] for d in f["dropped"]} == own["dropped"]
         assert f["kept"] + sum(d["count"] for d in f["dropped"]) == f["input"]
     assert stats["chain"]["pairs"] == by_stage["crawl"]["kept"] and stats["chain"]["samples"] == by_stage["shard"]["kept"]
+    # The crawl's page funnel: every response envelope of the WAT file in one bucket, shown in the report.
+    own_pages = json.loads((stage_outputs / "pairs/crawl_stats.json").read_text())["extra"]["pages"]
+    pages = by_stage["crawl"]["pages"]
+    assert {b["bucket"]: b["count"] for b in pages["buckets"] if b["count"]} == \
+        {k: v for k, v in own_pages.items() if k != "truncated"}
+    assert pages["responses"] == sum(b["count"] for b in pages["buckets"]) > 0
+    md = (report[0] / "report.md").read_text()
+    assert f"read {pages['responses']:,} web-archive responses" in md and "| html |" in md
 
 
 def test_pairs_balancing_and_sources_agree_with_the_parquet_files(stage_outputs, report):
