@@ -29,6 +29,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -183,6 +184,32 @@ _OURS = re.compile(r"^(?:INFO|WARNING|ERROR):clipforge[\w.]*:(.*)$")
 _BEAM_CHATTER = re.compile(r"^(?:INFO|DEBUG):|^WARNING:(?:root|__main__|apache_beam)[\w.]*:")
 
 
+_LOG = re.compile(r"^clipforge-beam-(\d+)-\w+\.log$")
+
+
+def _remove_stale_logs(older_than=86_400):
+    """Worker logs of runs that were killed (no ``finally`` ran): removed once their process is
+    gone and they are a day old. A failed run's log stays that day for its user to read."""
+    tmp, now = tempfile.gettempdir(), time.time()
+    for name in os.listdir(tmp):
+        m = _LOG.match(name)
+        if not m:
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue                        # its process still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        try:
+            if now - os.path.getmtime(path) > older_than:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def filtered_worker_output():
     """Keep the terminal readable while local Beam workers run.
@@ -193,7 +220,8 @@ def filtered_worker_output():
     (warnings of ours, tracebacks) passes. Everything is also kept in a log file whose path is
     yielded, to read after a failure.
     """
-    log = tempfile.NamedTemporaryFile("w", prefix="clipforge-beam-", suffix=".log", delete=False)
+    _remove_stale_logs()
+    log = tempfile.NamedTemporaryFile("w", prefix=f"clipforge-beam-{os.getpid()}-", suffix=".log", delete=False)
     sys.stderr.flush()
     saved = os.dup(2)
     read_fd, write_fd = os.pipe()

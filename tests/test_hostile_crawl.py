@@ -243,3 +243,26 @@ def test_page_funnel_sums_to_the_response_records(queries, tmp_path):
     pages = stats["extra"]["pages"]
     assert pages == {"html": 2, "not_html": 1, "status_not_200": 1, "unreadable": 1}
     assert sum(v for k, v in pages.items() if k != "truncated") == 5
+
+
+def test_worker_logs_of_killed_runs_are_removed_a_day_later(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    from clipforge.pipeline.runner import _remove_stale_logs
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                              # a pid that no longer runs
+    old = time.time() - 2 * 86_400
+    paths = {"dead_old": tmp_path / f"clipforge-beam-{gone.pid}-a.log",
+             "dead_new": tmp_path / f"clipforge-beam-{gone.pid}-b.log",
+             "alive_old": tmp_path / f"clipforge-beam-{os.getpid()}-c.log",
+             "other": tmp_path / "clipforge-beam-notapid.log"}
+    for name, p in paths.items():
+        p.write_text("log")
+        if name != "dead_new":
+            os.utime(p, (old, old))
+    _remove_stale_logs()
+    assert {n for n, p in paths.items() if p.exists()} == {"dead_new", "alive_old", "other"}
