@@ -160,14 +160,37 @@ def _add_crawl(sub):
     p.add_argument("--lang", default="en", help="languages to keep, comma-separated, or 'all' (default: %(default)s)")
     p.add_argument("--min-lang-score", type=float, default=0.0, help="minimum fastText probability (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw (default: %(default)s)")
-    p.add_argument("--url-col", default=None, help="URL-list column of the image URL (default: url or URL)")
-    p.add_argument("--text-col", default=None, help="URL-list column of the text (default: caption, text or TEXT)")
-    p.add_argument("--page-url-col", default=None, help="URL-list column of the page URL (default: page_url if present)")
+    _column_flags(p, "URL-list column")
     p.add_argument("--min-text-chars", type=int, default=3, help="shortest caption kept (default: %(default)s)")
     p.add_argument("--max-text-chars", type=int, default=1024, help="longest caption kept (default: %(default)s)")
     p.add_argument("--rows-per-file", type=int, default=250_000, help="pairs per output parquet (default: %(default)s)")
     _progress_flags(p)
     p.set_defaults(func=_crawl, parser=p, beam=True)
+
+
+def _column_flags(p, what):
+    p.add_argument("--url-col", default=None, help=f"{what} of the image URL (default: url or URL)")
+    p.add_argument("--text-col", default=None, help=f"{what} of the text (default: caption, text or TEXT)")
+    p.add_argument("--page-url-col", default=None, help=f"{what} of the page URL (default: page_url if present)")
+    p.add_argument("--no-header", action="store_true",
+                   help="CSV/TSV lists without a header row (CC3M, CC12M): --url-col, --text-col and "
+                        "--page-url-col are 1-based positions, e.g. CC3M: --no-header --url-col 2 --text-col 1")
+
+
+def _columns(a):
+    """The column flags, checked: with --no-header, URL and text columns are positions 1, 2, ..."""
+    if a.no_header:
+        from clipforge.pipeline.readers import column_position
+
+        if a.url_col is None or a.text_col is None:
+            raise UserError("--no-header needs --url-col and --text-col as column positions "
+                            "(1 is the first column; CC3M: --url-col 2 --text-col 1)")
+        for flag, value in (("--url-col", a.url_col), ("--text-col", a.text_col), ("--page-url-col", a.page_url_col)):
+            try:
+                column_position(value, flag)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+    return dict(url_col=a.url_col, text_col=a.text_col, page_col=a.page_url_col, no_header=a.no_header)
 
 
 def _progress_flags(p):
@@ -203,11 +226,11 @@ def _crawl(a, beam_flags):
     if t < 1 or a.rows_per_file < 1 or a.min_text_chars < 0 or a.max_text_chars < a.min_text_chars:
         raise UserError("--max-per-query and --rows-per-file must be positive, and --min-text-chars <= --max-text-chars")
     langs = () if a.lang.strip().lower() == "all" else tuple(x.strip() for x in a.lang.split(",") if x.strip())
+    columns = _columns(a)
     cfg = CrawlConfig(inputs=expand_inputs(inputs), queries=load_queries(queries), out=out or "data/pairs",
                       max_per_query=t, langs=langs, min_lang_score=a.min_lang_score, seed=a.seed,
-                      url_col=a.url_col, text_col=a.text_col, page_col=a.page_url_col,
-                      min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars, rows_per_file=a.rows_per_file,
-                      progress_every=_progress_every(a))
+                      **columns, min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars,
+                      rows_per_file=a.rows_per_file, progress_every=_progress_every(a))
     s = run(cfg, beam_flags)
     top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:5])
     print(f"crawl: {s['kept']:,} of {s['input']:,} image links kept -> {cfg.out}/pairs-*.parquet "
@@ -230,12 +253,15 @@ def _add_shard(sub):
             "With no --pairs it shards the demo web's pairs, serving the demo web meanwhile."),
         epilog=BEAM_HELP)
     p.add_argument("--pairs", nargs="+", action="extend", default=[], metavar="PATH",
-                   help="pairs directories (pairs-*.parquet) or parquet files with url and text columns")
+                   help="pairs directories (pairs-*.parquet), parquet files with url and text columns, or "
+                        "URL lists as crawl reads them (.csv/.tsv/.jsonl, optionally compressed); globs allowed")
     p.add_argument("--out", default=None, help="output directory (default: data/shards, or data/demo/shards)")
     i = p.add_argument_group("images")
     i.add_argument("--image-size", type=int, default=256, help="target size in pixels (default: %(default)s; demo 64)")
-    i.add_argument("--resize-mode", choices=("keep_ratio", "center_crop", "no"), default="keep_ratio",
-                   help="keep_ratio: shorter side to --image-size; center_crop: square; no: re-encode only")
+    i.add_argument("--resize-mode", type=_hyphenated, choices=("keep-ratio", "center-crop", "no"),
+                   default="keep-ratio",
+                   help="keep-ratio: shorter side to --image-size; center-crop: square; no: re-encode only "
+                        "(default: keep-ratio; keep_ratio and center_crop are accepted too)")
     i.add_argument("--min-size", type=int, default=32, help="drop images whose shorter side is smaller (default: 32)")
     i.add_argument("--max-aspect-ratio", type=float, default=10.0, help="drop longer/shorter above this (default: 10)")
     i.add_argument("--max-pixels", type=int, default=50_000_000,
@@ -253,13 +279,17 @@ def _add_shard(sub):
     f.add_argument("--allow-private-hosts", action="store_true",
                    help="allow loopback and private addresses (the demo web and tests need it)")
     f.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai")
-    p.add_argument("--url-col", default=None, help="column of the image URL (default: url or URL)")
-    p.add_argument("--text-col", default=None, help="column of the caption (default: text, caption or TEXT)")
+    _column_flags(p, "column")
     p.add_argument("--downloader", choices=("clipforge", "img2dataset"), default="clipforge",
                    help="img2dataset: hand the pairs to img2dataset with matching settings and bring its "
                         "output to this layout (no deadline, no guard after redirects) (default: clipforge)")
     _progress_flags(p)
     p.set_defaults(func=_shard, parser=p, beam=True)
+
+
+def _hyphenated(value):
+    """A flag value with hyphens where an older spelling had underscores (keep_ratio -> keep-ratio)."""
+    return value.replace("_", "-")
 
 
 def _shard(a, beam_flags):
@@ -292,15 +322,19 @@ def _shard(a, beam_flags):
         raise UserError("--min-size must not be negative")
     if per_shard < 1 or a.deadline <= 0 or a.timeout <= 0 or a.max_aspect_ratio < 1:
         raise UserError("--samples-per-shard, --deadline and --timeout must be positive, --max-aspect-ratio >= 1")
-    items, n = expand_pairs(pairs, a.url_col, a.text_col)
+    columns = _columns(a)
+    items, n = expand_pairs(pairs, columns["url_col"], columns["text_col"], columns["page_col"], a.no_header)
+    if a.downloader == "img2dataset" and any(not path.endswith(".parquet") for path, _ in items):
+        raise UserError("--downloader img2dataset takes parquet pairs; give it the crawl's pairs or a parquet URL "
+                        "list (or shard CSV/TSV/JSONL lists with the default downloader)")
     cfg = ShardConfig(inputs=items, out=out or "data/shards", samples_per_shard=per_shard, seed=a.seed,
-                      image=ImageConfig(image_size=size, resize_mode=a.resize_mode, min_size=a.min_size,
-                                        max_aspect_ratio=a.max_aspect_ratio, max_pixels=a.max_pixels),
+                      image=ImageConfig(image_size=size, resize_mode=a.resize_mode.replace("-", "_"),
+                                        min_size=a.min_size, max_aspect_ratio=a.max_aspect_ratio,
+                                        max_pixels=a.max_pixels),
                       threads=a.threads, per_host=a.per_host, connect_timeout=a.timeout, read_timeout=a.timeout,
                       deadline=a.deadline, max_bytes=a.max_bytes, retries=a.retries,
                       user_agent=a.user_agent or DEFAULT_USER_AGENT, allow_private=allow,
-                      respect_noai=not a.ignore_noai, url_col=a.url_col, text_col=a.text_col,
-                      progress_every=_progress_every(a))
+                      respect_noai=not a.ignore_noai, **columns, progress_every=_progress_every(a))
     print(f"shard: {n:,} pairs -> about {max(1, -(-n // per_shard))} shard(s) in {cfg.out}", flush=True)
     with server:
         if a.downloader == "img2dataset":
@@ -480,8 +514,7 @@ def _eval(a):
     templates = read_templates(a.templates) if a.templates else TEMPLATES
     device = _device()
     model, tokenizer = load_model(ckpt, a.bpe, device)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-    out = Path(a.out) if a.out else (run_dir / "eval" if run_dir else Path("eval"))
+    out = _eval_dir(a.out, ckpt, "eval.json")
     results, names = {}, set()
 
     def name_of(spec):
@@ -511,16 +544,31 @@ def _eval(a):
     return 0
 
 
+def _eval_dir(out, ckpt, name):
+    """The output directory of eval and score: --out, else RUN_DIR/eval for a run's checkpoint,
+    else ./eval. A path that exists as a file is refused in one line."""
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    d = Path(out) if out else (run_dir / "eval" if run_dir else Path("eval"))
+    if d.exists() and not d.is_dir():
+        older = " (or a path ending in .parquet for one file, the older form)" if name == "scores.parquet" else ""
+        raise UserError(f"--out {d} is a file: --out is a directory, which gets {name}; "
+                        f"give another path{older}")
+    return d
+
+
 def _add_score(sub):
     p = sub.add_parser(
         "score", help="CLIP score (image-text cosine similarity) of every pair in shards or parquet",
         formatter_class=_formatter,
         description=("The cosine similarity of each pair's image and text embeddings, the CLIP-score\n"
-                     "filter LAION and DataComp used; writes a parquet of key, caption, similarity."))
+                     "filter LAION and DataComp used; writes scores.parquet (key, caption, similarity)\n"
+                     "to --out, a directory as for eval."))
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="clipforge checkpoint or run directory, or OpenAI-format weights (with --bpe)")
     p.add_argument("--pairs", required=True, help="shards (directory, brace pattern, pipe:) or parquet with image bytes")
-    p.add_argument("--out", required=True, help="output parquet file")
+    p.add_argument("--out", default=None,
+                   help="output directory, which gets scores.parquet, as eval's gets eval.json (default: "
+                        "RUN_DIR/eval, or ./eval); a path ending in .parquet is written as that file (older form)")
     p.add_argument("--bpe", default=None, help="BPE merges file for OpenAI-format weights")
     p.add_argument("--batch-size", type=int, default=256, help="pairs per batch (default: 256)")
     p.add_argument("--workers", type=int, default=2, help="image loading processes (default: 2)")
@@ -531,10 +579,18 @@ def _score(a):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from clipforge.trainer.checkpoint import resolve_checkpoint
     from clipforge.trainer.evalsets import parquet_pairs, shard_samples
     from clipforge.trainer.zeroshot import load_model, score_pairs
 
-    model, tokenizer = load_model(a.checkpoint, a.bpe, _device())
+    ckpt = resolve_checkpoint(a.checkpoint)
+    if a.out and a.out.endswith(".parquet"):
+        out = Path(a.out)
+        print(f"score: note: --out {a.out} ends in .parquet, so it is written as that file; --out is now a "
+              "directory, as for eval (it gets scores.parquet)", file=sys.stderr)
+    else:
+        out = _eval_dir(a.out, ckpt, "scores.parquet") / "scores.parquet"
+    model, tokenizer = load_model(ckpt, a.bpe, _device())
     src = Path(a.pairs)
     t0 = time.time()
     if src.suffix == ".parquet" or (src.is_dir() and not list(src.glob("*.tar")) and list(src.glob("*.parquet"))):
@@ -542,7 +598,6 @@ def _score(a):
     else:
         batches, skipped = shard_samples(a.pairs, model.image_size, "text", a.batch_size, a.workers)
     keys, captions, sims = score_pairs(model, tokenizer, batches, _device())
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
                       "similarity": pa.array(sims, pa.float32())})

@@ -2,7 +2,6 @@
 partitions from the inputs' size, run the pipeline, publish the outputs (written aside, then
 moved into place) and write crawl_stats.json."""
 
-import csv
 import dataclasses
 import io
 import json
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge import limits
 from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
 from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
@@ -24,7 +24,7 @@ from clipforge.schemas.records import CURATED_PAIR
 log = logging.getLogger("clipforge.crawl")
 
 CAPTION_REASONS = ("no_text", "text_too_short", "text_too_long", "text_number", "text_file_name", "text_boilerplate")
-DROP_REASONS = ("unreadable_record", "bad_url_scheme", "invalid_url") + CAPTION_REASONS + (
+DROP_REASONS = ("unreadable_record", "field_too_large", "bad_url_scheme", "invalid_url") + CAPTION_REASONS + (
     "lang_not_wanted", "no_query_match", "duplicate", "balanced_out")
 
 
@@ -92,31 +92,16 @@ def estimate_links(items):
     return out
 
 
-def check_columns(items, url_col=None, text_col=None, page_col=None):
-    """Fail early, in one line, when a URL list lacks the columns the crawl needs."""
+def check_columns(items, url_col=None, text_col=None, page_col=None, no_header=False):
+    """Fail early, in one line, when a URL list lacks the columns the crawl needs, when its
+    header row cannot be read, or when --no-header meets a list that names its columns."""
     seen = set()
     for path, fmt, _ in items:
         if fmt in ("warc", "wat") or path in seen:
             continue
         seen.add(path)
-        if fmt == "parquet":
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                names = pq.ParquetFile(io.BytesIO(f.read()) if "://" in path else path).schema_arrow.names
-        else:
-            with FileSystems.open(path) as raw:
-                stream = readers.text_stream(raw, path)
-                line = next((ln for ln in stream if ln.strip()), "")
-            if fmt == "jsonl":
-                try:
-                    names = list(json.loads(line))
-                except (ValueError, TypeError):
-                    raise InputError(f"--input {path}: the first line is not a JSON object") from None
-            else:
-                names = next(csv.reader([line], delimiter="," if fmt == "csv" else "\t"), [])
         try:
-            readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
-            readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
-            readers.pick_column(names, page_col, readers.PAGE_COLUMNS, "page", path)
+            readers.url_list_columns(path, fmt, url_col, text_col, page_col, no_header)
         except ValueError as e:
             raise InputError(f"--input {e}") from None
 
@@ -142,7 +127,7 @@ def run(cfg: CrawlConfig, beam_flags=()):
     t0 = time.time()
     if not cfg.queries:
         raise InputError("the query list is empty")
-    check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col)
+    check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col, cfg.no_header)
     # Workers of a distributed runner do not share the launcher's working directory.
     cfg = dataclasses.replace(cfg, out=absolute(cfg.out),
                               inputs=[(absolute(path), fmt, part) for path, fmt, part in cfg.inputs])
@@ -228,7 +213,8 @@ def funnel_from_counters(c, cfg, wall):
     f = Funnel("crawl", unit="image link")
     f.add_input(c.get("input", 0))
     f.keep(c.get("kept", 0))
-    for reason in DROP_REASONS:
+    others = sorted(k[len("drop_"):] for k in c if k.startswith("drop_") and k[len("drop_"):] not in DROP_REASONS)
+    for reason in DROP_REASONS + tuple(others):  # a reason a reader adds is counted too, never lost
         if c.get(f"drop_{reason}"):
             f.drop(reason, c[f"drop_{reason}"])
     langs = {k[len("lang_"):]: v for k, v in c.items() if k.startswith("lang_")}
@@ -239,6 +225,7 @@ def funnel_from_counters(c, cfg, wall):
         "settings": {"max_per_query": cfg.max_per_query, "langs": list(cfg.langs) or "all",
                      "min_lang_score": cfg.min_lang_score, "seed": cfg.seed, "queries": len(cfg.queries),
                      "min_text_chars": cfg.min_text_chars, "max_text_chars": cfg.max_text_chars},
+        "limits": {"max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS},
         "seconds": round(wall, 2),
     }
     return f.to_dict()

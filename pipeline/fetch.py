@@ -185,19 +185,9 @@ class Fetcher:
             try:
                 resp = self.pool.request("GET", url, headers={"User-Agent": self.user_agent, "Accept": "image/*"},
                                          redirect=False, preload_content=False, timeout=self.timeout)
-            except RefusedAddress as e:  # rebinding: the address changed between check and connect
-                return None, {}, None, "private_address", str(e)
-            except (ConnectTimeoutError, ReadTimeoutError) as e:
-                return None, {}, None, "timeout", str(e)
-            except MaxRetryError as e:
-                inner = e.reason
-                if isinstance(inner, RefusedAddress):
-                    return None, {}, None, "private_address", str(inner)
-                if isinstance(inner, (ConnectTimeoutError, ReadTimeoutError)):
-                    return None, {}, None, "timeout", str(inner)
-                return None, {}, None, "connect_error", str(inner)
-            except (NewConnectionError, ProtocolError, HTTPError, OSError) as e:
-                return None, {}, None, "connect_error", str(e)
+            except (RefusedAddress, HTTPError, OSError) as e:
+                inner = e.reason if isinstance(e, MaxRetryError) else e
+                return (None, {}, None) + _failure(inner)
             complete = False
             try:
                 status, headers = resp.status, resp.headers
@@ -236,6 +226,21 @@ class Fetcher:
                     resp.release_conn()
                 else:
                     resp.close()
+
+
+def _failure(e):
+    """(reason, error) of a request that got no response. urllib3 makes NewConnectionError (a
+    refused or unreachable address) a subclass of ConnectTimeoutError, so it is tested first: a
+    refused connection is connect_error, not timeout."""
+    if isinstance(e, RefusedAddress):  # rebinding: the address changed between check and connect
+        return "private_address", str(e)
+    if isinstance(e, NameResolutionError):  # the name stopped resolving between check and connect
+        return "dns_error", str(e)
+    if isinstance(e, NewConnectionError):
+        return "connect_error", str(e)
+    if isinstance(e, (ConnectTimeoutError, ReadTimeoutError, socket.timeout)):
+        return "timeout", str(e)
+    return "connect_error", str(e)
 
 
 def _drainable(resp, limit=65536):

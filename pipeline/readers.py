@@ -601,10 +601,8 @@ def url_list_format(path):
 def _field_limit():
     """Sets the csv module's field limit (a process-wide setting, 131,072 by default) to
     limits.MAX_CSV_FIELD_CHARS and returns it."""
-    from clipforge.limits import MAX_CSV_FIELD_CHARS
-
-    csv.field_size_limit(MAX_CSV_FIELD_CHARS)
-    return MAX_CSV_FIELD_CHARS
+    csv.field_size_limit(limits.MAX_CSV_FIELD_CHARS)
+    return limits.MAX_CSV_FIELD_CHARS
 
 
 # A physical line of a CSV/TSV list is read at most this many field limits long. A row of a URL
@@ -654,13 +652,11 @@ def _csv_rows(stream, fmt, state):
 
 
 def _too_large(source, n, fields):
-    from clipforge.limits import MAX_CSV_FIELD_CHARS
-
     if fields is None:
-        return FieldTooLarge(f"{source}: line {n}: longer than {LINE_CAP_FIELDS * MAX_CSV_FIELD_CHARS:,} "
-                             f"characters (a field over {MAX_CSV_FIELD_CHARS:,})")
+        return FieldTooLarge(f"{source}: line {n}: longer than {LINE_CAP_FIELDS * limits.MAX_CSV_FIELD_CHARS:,} "
+                             f"characters (a field over {limits.MAX_CSV_FIELD_CHARS:,})")
     if "field larger than field limit" in str(fields):
-        return FieldTooLarge(f"{source}: line {n}: a field longer than {MAX_CSV_FIELD_CHARS:,} characters")
+        return FieldTooLarge(f"{source}: line {n}: a field longer than {limits.MAX_CSV_FIELD_CHARS:,} characters")
     return Unreadable(f"{source}: line {n}: {fields}")
 
 
@@ -674,8 +670,6 @@ def text_table_header(stream, source, fmt, no_header=False):
 def _first_row(stream, source, fmt, no_header, state):
     """(column names, the rows iterator positioned after the header; with no_header the first
     row and the records before it come first)."""
-    from clipforge.limits import MAX_CSV_FIELD_CHARS
-
     rows = _csv_rows(stream, fmt, state)
     pending = []
     for fields, n in rows:
@@ -685,8 +679,10 @@ def _first_row(stream, source, fmt, no_header, state):
                 return names, _chain(pending + [(fields, n)], rows)
             return fields, rows
         if not no_header:
-            raise ValueError(f"{source}: the header row (line {n}) has a field longer than "
-                             f"{MAX_CSV_FIELD_CHARS:,} characters or cannot be read: not a URL list with a header")
+            problem = _too_large(source, n, fields)
+            why = (f"has a field longer than {limits.MAX_CSV_FIELD_CHARS:,} characters"
+                   if isinstance(problem, FieldTooLarge) else f"cannot be read ({fields})")
+            raise ValueError(f"{source}: the header row (line {n}) {why}: not a URL list with a header row")
         pending.append((fields, n))  # counted by the caller, as any row
     return None, iter(pending)
 
@@ -740,8 +736,9 @@ def _row(row, cols, source, where):
     if not isinstance(url, str) or not url.strip():
         return Unreadable(f"{source}: {where}: no URL")
     page = row.get(page_c) if page_c else None
-    return _candidate(url.strip(), text if isinstance(text, str) else "", page if isinstance(page, str) else None,
-                      "caption", "urllist", source)
+    if not isinstance(page, str) or len(page) > limits.MAX_URL_CHARS:
+        page = None  # not a URL a page can have: the pair goes on without it
+    return _candidate(url.strip(), text if isinstance(text, str) else "", page, "caption", "urllist", source)
 
 
 def url_list_columns(path, fmt, url_col=None, text_col=None, page_col=None, no_header=False):
@@ -799,7 +796,7 @@ def url_list_batches(item, cols, no_header=False, batch_rows=8192):
             except (OSError, ValueError, AttributeError):
                 return 0.0
 
-        urls, texts, pages, bad = [], [], [], {}
+        urls, texts, pages, bad, chars = [], [], [], {}, 0
         for c in read_text_table(text_stream(binary, path), path, fmt, *cols, no_header=no_header):
             if isinstance(c, Unreadable):
                 reason = unreadable_reason(c)
@@ -808,9 +805,10 @@ def url_list_batches(item, cols, no_header=False, batch_rows=8192):
             urls.append(c["url"])
             texts.append(c["text"])
             pages.append(c["page_url"])
-            if len(urls) >= batch_rows:
+            chars += len(c["url"]) + len(c["text"]) + len(c["page_url"] or "")
+            if len(urls) >= batch_rows or chars > limits.MAX_BATCH_TEXT_CHARS:
                 yield _strings(urls), _strings(texts), _strings(pages), bad, fraction()
-                urls, texts, pages, bad = [], [], [], {}
+                urls, texts, pages, bad, chars = [], [], [], {}, 0
         if urls or bad:
             yield _strings(urls), _strings(texts), _strings(pages), bad, 1.0
 

@@ -1,7 +1,8 @@
 """The shard stage: pairs -> fetched, resized images packed as WebDataset tars (Apache Beam).
 
     pairs ─ SpillPairs ────────► _spill/pNNNNN/*.parquet  (each pair to its shard: a hash of
-     (files, row groups)                                    seed and uid; spilled, not shuffled)
+     (parquet row groups,                                   seed and uid; spilled, not shuffled)
+      CSV/TSV/JSONL lists)
     Fanout(shards) ─ FetchShard   (threads: fetch, check, resize, encode; NNNNNN.tar and
                                    NNNNNN.parquet written aside, then renamed)
 
@@ -41,7 +42,7 @@ log = logging.getLogger("clipforge.shard")
 
 @dataclass
 class ShardConfig:
-    inputs: list = field(default_factory=list)  # (parquet path, row group) work items
+    inputs: list = field(default_factory=list)  # (path, row group) work items: parquet row groups, whole URL lists
     out: str = "data/shards"
     samples_per_shard: int = 10_000
     seed: int = 0
@@ -59,6 +60,8 @@ class ShardConfig:
     respect_noai: bool = True
     url_col: str = None
     text_col: str = None
+    page_col: str = None
+    no_header: bool = False  # CSV/TSV URL lists without a header row: the *_col are 1-based positions
     progress_every: float = 10.0  # seconds between whole-stage progress lines; 0: none
 
 
@@ -76,14 +79,24 @@ SPILLED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()),
                      pa.field("queries", pa.list_(pa.string()))])
 
 
-def pair_batches(path, group, url_col=None, text_col=None, batch_size=8192):
-    """Arrow tables (SPILLED's columns) of one row group of a pairs file: pairs without a uid
-    get clipforge's (``balance.uid`` of URL and text), missing columns are null."""
+def pair_batches(path, group, cols=(None, None, None), no_header=False, batch_size=8192):
+    """(Arrow table with SPILLED's columns, {reason: unreadable rows}) batches of one work item:
+    a row group of a pairs parquet (the crawl's, or any URL list), or a whole CSV, TSV or JSONL
+    URL list read as the crawl reads it. Pairs without a uid get clipforge's (``balance.uid``
+    of URL and text); missing columns are null."""
+    fmt = readers.url_list_format(path)
+    if fmt != "parquet":
+        for urls, texts, pages, bad, _ in readers.url_list_batches((path, fmt, group), cols, no_header, batch_size):
+            urls, texts = urls.to_pylist(), texts.to_pylist()
+            n = len(urls)
+            yield pa.table({"uid": [balance.uid(u, t) for u, t in zip(urls, texts)], "url": urls, "text": texts,
+                            "page_url": pages, "lang": pa.nulls(n, pa.string()),
+                            "queries": pa.nulls(n, pa.list_(pa.string()))}, schema=SPILLED), bad
+        return
     pf = readers.open_parquet(path)
     names = pf.schema_arrow.names
-    url_c = readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
-    text_c = readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
-    cols = [c for c in dict.fromkeys([url_c, text_c, "uid", "page_url", "lang", "queries"]) if c in names]
+    url_c, text_c, page_c = readers.pick_columns(names, *cols, path)
+    cols = [c for c in dict.fromkeys([url_c, text_c, page_c, "uid", "lang", "queries"]) if c in names]
     for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
         n = batch.num_rows
         urls = [u or "" for u in batch.column(url_c).to_pylist()]
@@ -96,22 +109,25 @@ def pair_batches(path, group, url_col=None, text_col=None, batch_size=8192):
                 return pa.nulls(n, type_)
             return batch.column(name).cast(type_)
 
-        yield pa.table({"uid": uids, "url": urls, "text": texts, "page_url": col("page_url", pa.string()),
+        yield pa.table({"uid": uids, "url": urls, "text": texts, "page_url": col(page_c, pa.string()),
                         "lang": col("lang", pa.string()), "queries": col("queries", pa.list_(pa.string()))},
-                       schema=SPILLED)
+                       schema=SPILLED), {}
 
 
 class SpillPairs(beam.DoFn):
-    """(index, (parquet path, row group)) -> the pairs written to their shards' spill
-    partitions; yields the number read."""
+    """(index, (path, row group)) -> the pairs written to their shards' spill partitions;
+    yields the number read and the rows that could not be read, by reason."""
 
     def __init__(self, cfg, n_shards):
         self.cfg, self.n_shards = cfg, n_shards
 
     def process(self, work):
         index, (path, group) = work
-        root, n, flushes, buffer, buffered = spill_dir(self.cfg.out), 0, 0, [], 0
-        for table in pair_batches(path, group, self.cfg.url_col, self.cfg.text_col):
+        root, n, flushes, buffer, buffered, bad = spill_dir(self.cfg.out), 0, 0, [], 0, {}
+        cols = (self.cfg.url_col, self.cfg.text_col, self.cfg.page_col)
+        for table, unreadable in pair_batches(path, group, cols, self.cfg.no_header):
+            for reason, k in unreadable.items():
+                bad[f"drop_{reason}"] = bad.get(f"drop_{reason}", 0) + k
             buffer.append(table)
             buffered += table.num_rows
             if buffered >= 100_000:
@@ -120,7 +136,7 @@ class SpillPairs(beam.DoFn):
         if buffer:
             self._spill(root, index, flushes, buffer)
             n += buffered
-        yield {"input": n}
+        yield {"input": n, **bad}
 
     def _spill(self, root, index, flush, tables):
         table = pa.concat_tables(tables)

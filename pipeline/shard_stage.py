@@ -1,5 +1,6 @@
-"""The shard stage as a command: find the pairs, run the pipeline, then finish the shard set:
-drop duplicate images across shards, write sizes.json and shard_stats.json."""
+"""The shard stage as a command: find the pairs (the crawl's, or URL lists as the crawl reads
+them), run the pipeline, then finish the shard set: drop duplicate images across shards, write
+sizes.json and shard_stats.json."""
 
 import dataclasses
 import io
@@ -14,9 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge import limits
 from clipforge.pipeline import progress, readers, spill
 from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
@@ -31,35 +32,41 @@ class InputError(ValueError):
     pass
 
 
-def expand_pairs(patterns, url_col=None, text_col=None):
-    """(path, row group) work items and the number of pairs, from directories or parquet files."""
+def expand_pairs(patterns, url_col=None, text_col=None, page_col=None, no_header=False):
+    """(path, row group) work items and the number of pairs, from directories of the crawl's
+    pairs, parquet files, or CSV/TSV/JSONL URL lists (read as the crawl reads them; a text list
+    is one work item, its rows estimated by counting its lines)."""
     items, total = [], 0
     for pattern in patterns:
-        if FileSystems.exists(pattern) and not pattern.endswith(".parquet"):
+        local = "://" not in pattern
+        if os.path.isdir(pattern) if local else FileSystems.exists(pattern) and not readers.url_list_format(pattern):
             pattern = FileSystems.join(pattern, "pairs-*.parquet")
         try:
             found = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
         except Exception as e:
             raise InputError(f"--pairs {pattern}: {e}") from None
         if not found:
-            raise InputError(f"--pairs {pattern}: no parquet files")
+            raise InputError(f"--pairs {pattern}: no such file (a pairs directory, parquet files or URL lists)")
         for path in found:
+            fmt = readers.url_list_format(path)
+            if fmt is None:
+                raise InputError(f"--pairs {path}: unknown format (expected a pairs directory, .parquet, "
+                                 ".csv, .tsv or .jsonl, optionally compressed)")
+            if fmt == "parquet":
+                try:
+                    pf = readers.open_parquet(path)
+                except Exception as e:
+                    raise InputError(f"--pairs {path}: not a readable parquet file ({e})") from None
             try:
-                if "://" in path:
-                    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                        pf = pq.ParquetFile(io.BytesIO(f.read()))
-                else:
-                    pf = pq.ParquetFile(path)
-            except Exception as e:
-                raise InputError(f"--pairs {path}: not a readable parquet file ({e})") from None
-            names = pf.schema_arrow.names
-            try:
-                readers.pick_column(names, url_col, readers.URL_COLUMNS, "url", path)
-                readers.pick_column(names, text_col, readers.TEXT_COLUMNS, "text", path)
+                readers.url_list_columns(path, fmt, url_col, text_col, page_col, no_header)
             except ValueError as e:
                 raise InputError(f"--pairs {e}") from None
-            items.extend((path, g) for g in range(pf.metadata.num_row_groups))
-            total += pf.metadata.num_rows
+            if fmt == "parquet":
+                items.extend((path, g) for g in range(pf.metadata.num_row_groups))
+                total += pf.metadata.num_rows
+            else:
+                items.append((path, 0))
+                total += max(0, readers.count_lines(path) - (0 if no_header or fmt == "jsonl" else 1))
     return items, total
 
 
@@ -81,9 +88,10 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     FileSystems.delete([stats_path])
     if FileSystems.exists(spill_dir(cfg.out)):
         FileSystems.delete([spill_dir(cfg.out)])
-    stats = finish(cfg.out)
+    stats = finish(cfg.out, {k[len("drop_"):]: v for k, v in c.items() if k.startswith("drop_") and v})
     stats["extra"].update(shards_written=c.get("shards_written", 0), shards_reused=c.get("shards_reused", 0),
-                          seconds=round(time.time() - t0, 2), settings=_settings(cfg))
+                          seconds=round(time.time() - t0, 2), settings=_settings(cfg),
+                          limits={"max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS})
     with FileSystems.create(FileSystems.join(cfg.out, "shard_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     return stats
@@ -135,15 +143,19 @@ def _remove_leftovers(out):
             os.unlink(os.path.join(out, name))
 
 
-def finish(out):
+def finish(out, unread=None):
     """Drop duplicate images across shards (the smallest uid keeps its sample), write sizes.json,
-    and return the funnel computed from the shard indexes (so a resumed run counts the same).
+    and return the funnel computed from the shard indexes (so a resumed run counts the same),
+    plus ``unread``: {reason: rows of the input that could not be read as pairs}.
 
     Memory: 16 bytes per stored image (a 64-bit prefix of its hash and where it is), plus one
     shard index at a time."""
     paths = sorted(m.path for m in FileSystems.match([FileSystems.join(out, "[0-9]*.parquet")])[0].metadata_list)
     owner = _duplicate_owners(paths)  # {sha256: owning uid}, only for images stored more than once
     sizes, funnel = {}, Funnel("shard", unit="pair")
+    for reason, n in sorted((unread or {}).items()):
+        funnel.add_input(n)
+        funnel.drop(reason, n)
     for path in paths:
         t = spill.read_table(path)
         statuses, shas, uids = t["status"].to_pylist(), t["sha256"].to_pylist(), t["uid"].to_pylist()

@@ -199,13 +199,31 @@ def test_eval_and_score_cli(checkpoint, folder, tmp_path):
         for i, f in enumerate(sorted(root.rglob("*.png"))):
             w.write({"__key__": f"{i:06d}", "png": f.read_bytes(), "txt": f"a {f.parent.name} square"})
         w.write({"__key__": "broken", "png": b"nope", "txt": "x"})
-    proc = subprocess.run([sys.executable, "-m", "clipforge", "score", "--checkpoint", str(run), "--pairs",
-                           str(tmp_path / "000000.tar"), "--out", str(tmp_path / "s.parquet")],
-                          capture_output=True, text=True, cwd=ROOT)
+    # --out is a directory for both commands: eval's gets eval.json, score's gets scores.parquet.
+    score = [sys.executable, "-m", "clipforge", "score", "--checkpoint", str(run), "--pairs",
+             str(tmp_path / "000000.tar")]
+    proc = subprocess.run(score + ["--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    t = pq.read_table(tmp_path / "s.parquet")
+    t = pq.read_table(out / "scores.parquet")
     assert t.num_rows == 30 and "image_undecodable 1" in proc.stdout
     assert all(-1.0001 <= s <= 1.0001 for s in t.column("similarity").to_pylist())
+    assert (out / "eval.json").exists()  # beside eval's output, not in place of it
+    # The older form, a .parquet path, still writes that file, and says how --out reads now.
+    proc = subprocess.run(score + ["--out", str(tmp_path / "s.parquet")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(tmp_path / "s.parquet").equals(t)
+    assert "--out is now a directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # Without --out, both write to the run's eval/ directory.
+    proc = subprocess.run(score, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(Path(run) / "eval" / "scores.parquet").equals(t)
+    # An --out that is an existing file (an older score output without the suffix) is refused in one line.
+    (tmp_path / "old-scores").write_bytes((tmp_path / "s.parquet").read_bytes())
+    evaluate = [sys.executable, "-m", "clipforge", "eval", "--checkpoint", str(run), "--imagefolder", str(root)]
+    for cmd in (score, evaluate):
+        proc = subprocess.run(cmd + ["--out", str(tmp_path / "old-scores")], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "is a file: --out is a directory" in proc.stderr
     # Bad input: one line, exit 1.
     proc = subprocess.run([sys.executable, "-m", "clipforge", "eval", "--checkpoint", str(tmp_path / "none.pt"),
                            "--imagefolder", str(root)], capture_output=True, text=True, cwd=ROOT)

@@ -226,14 +226,30 @@ def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, demo_server, tm
 def test_cli_bad_inputs_are_one_line(tmp_path):
     pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"], "words": ["a"]}), tmp_path / "p.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
-    for args, message in [(["--pairs", "nothing-here"], "no parquet files"),
-                          (["--pairs", "p.parquet"], "no url column"),
-                          (["--pairs", "junk.parquet"], "not a readable parquet file"),
-                          (["--pairs", "p.parquet", "--url-col", "link", "--text-col", "words", "--image-size", "0"],
-                           "must be positive")]:
+    (tmp_path / "list.tsv").write_text("a red circle\thttp://127.0.0.1/a.jpg\n")
+    (tmp_path / "notes.txt").write_text("http://127.0.0.1/a.jpg\n")
+    headerless = ["--pairs", "list.tsv", "--no-header"]
+    for args, message, code in [
+            (["--pairs", "nothing-here"], "no such file", 1),
+            (["--pairs", "p.parquet"], "no url column", 1),
+            (["--pairs", "junk.parquet"], "not a readable parquet file", 1),
+            (["--pairs", "notes.txt"], "unknown format", 1),
+            (["--pairs", "p.parquet", "--url-col", "link", "--text-col", "words", "--image-size", "0"],
+             "must be positive", 1),
+            (["--pairs", "list.tsv", "--url-col", "2", "--text-col", "1"], "pass --no-header", 1),
+            (headerless + ["--url-col", "3", "--text-col", "1"], "--url-col 3 is past the last column", 1),
+            (headerless + ["--url-col", "2", "--text-col", "0"], "a column is a position", 1),
+            (headerless + ["--url-col", "2", "--text-col", "caption"], "a column is a position", 1),
+            (headerless + ["--url-col", "2"], "--no-header needs --url-col and --text-col", 1),
+            (["--pairs", "p.parquet", "--no-header", "--url-col", "1", "--text-col", "2"],
+             "--no-header is for CSV and TSV lists", 1),
+            (headerless + ["--url-col", "2", "--text-col", "1", "--downloader", "img2dataset"],
+             "--downloader img2dataset takes parquet pairs", 1),
+            (headerless + ["--url-col", "2", "--text-col", "1", "--resize-mode", "keep-aspect"], "invalid choice", 2)]:
         r = subprocess.run([CLI, "shard", *args, "--out", "o"], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path)
-        assert r.returncode != 0 and message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+        assert r.returncode == code and message in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+    assert not (tmp_path / "o").exists()  # nothing started
 
 
 def test_img2dataset_downloader_gives_the_same_layout(world_dir, demo_server, tmp_path):
