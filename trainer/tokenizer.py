@@ -15,7 +15,8 @@ here (open_clip turns `<start_of_text>` into the start token, OpenAI's code `<|s
 
 `train_bpe` learns merges from a dataset's own captions with the `tokenizers` library;
 `Tokenizer.from_file` loads them, or CLIP's released file (of which CLIP uses the first 48,894
-merges, giving 49,408 ids). Encoding runs in `tokenizers` (Rust).
+merges, giving 49,408 ids). Text is split into pre-tokens by the `regex` module (CLIP's engine,
+so its Unicode tables decide); BPE within them runs in `tokenizers` (Rust).
 """
 
 from __future__ import annotations
