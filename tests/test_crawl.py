@@ -390,8 +390,24 @@ def test_damaged_archives_are_counted_not_fatal(world_dir, tmp_path):
 
 def test_cli_bad_inputs_are_one_line(tmp_path, world_dir):
     (tmp_path / "list.csv").write_text("link,words\nhttp://127.0.0.1/a.jpg,a red circle\n")
+    (tmp_path / "cc3m.tsv").write_text("a red circle\thttp://127.0.0.1/a.jpg\n")
+    (tmp_path / "list.jsonl").write_text('{"url": "http://127.0.0.1/a.jpg", "caption": "a red circle"}\n')
+    pq.write_table(pq.read_table(shared_file("pairs/laion-style-1000.parquet")).slice(0, 5), tmp_path / "l.parquet")
     (tmp_path / "q.json").write_text('["red"]')
+    headerless = ["--input", "cc3m.tsv", "--queries", "q.json", "--no-header"]
     for args, message in [
+        (["--input", "cc3m.tsv", "--queries", "q.json", "--url-col", "2", "--text-col", "1"], "pass --no-header"),
+        (["--input", "cc3m.tsv", "--queries", "q.json"], "no url column among a red circle, http://127.0.0.1/a.jpg"),
+        (headerless + ["--url-col", "2", "--text-col", "3"], "--text-col 3 is past the last column"),
+        (headerless + ["--url-col", "0", "--text-col", "1"], "--url-col '0': with --no-header a column is a position"),
+        (headerless + ["--url-col", "-1", "--text-col", "1"], "a column is a position"),
+        (headerless + ["--url-col", "url", "--text-col", "1"], "a column is a position"),
+        (headerless + ["--url-col", "2", "--text-col", "1", "--page-url-col", "5"], "--page-url-col 5 is past"),
+        (headerless + ["--text-col", "1"], "--no-header needs --url-col and --text-col"),
+        (["--input", "l.parquet", "--queries", "q.json", "--no-header", "--url-col", "1", "--text-col", "2"],
+         "--no-header is for CSV and TSV lists (parquet names its columns)"),
+        (["--input", "list.jsonl", "--queries", "q.json", "--no-header", "--url-col", "1", "--text-col", "2"],
+         "--no-header is for CSV and TSV lists (JSONL"),
         (["--input", "nope-*.warc.gz", "--queries", "q.json"], "no such file"),
         (["--input", "list.csv", "--queries", "q.json"], "no url column"),
         (["--input", "list.csv", "--queries", "q.json", "--url-col", "link", "--text-col", "text"], "no column 'text'"),
@@ -410,3 +426,70 @@ def test_cli_bad_inputs_are_one_line(tmp_path, world_dir):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert pairs_of(tmp_path / "o")[0]["text"] == "a red circle"
+
+
+def _real_captions(n):
+    """(caption, url) of n real LAION-style pairs with a caption (some hold commas and quotes:
+    the lists below are written with csv's quoting, so both forms of each file hold the same)."""
+    rows = pq.read_table(shared_file("pairs/laion-style-1000.parquet")).to_pylist()
+    rows = [(r["TEXT"], r["URL"]) for r in rows if r["TEXT"]]
+    assert len(rows) >= n
+    return rows[:n]
+
+
+def _write_list(path, rows, header=None, delimiter="\t"):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+
+
+def test_headerless_lists_read_as_the_same_lists_with_a_header(tmp_path):
+    """CC3M's layout (caption, url), CC12M's (url, caption) and a CSV, each without a header row,
+    give the same candidates as the same file with one; rows are counted the same way too."""
+    pairs = _real_captions(300)
+    assert any("," in c for c, _ in pairs) and any('"' in c for c, _ in pairs)  # quoting is exercised
+    broken = [("only one field",), ("", "")]  # a short row and a row without URL: unreadable either way
+    layouts = {
+        "cc3m": ("tsv", [(c, u) for c, u in pairs], ["caption", "url"], ("2", "1")),
+        "cc12m": ("tsv", [(u, c) for c, u in pairs], ["url", "caption"], ("1", "2")),
+        "csv": ("csv", [(c, "x", u) for c, u in pairs], ["caption", "other", "url"], ("3", "1")),
+    }
+    for name, (fmt, rows, header, (url_col, text_col)) in layouts.items():
+        delimiter = "," if fmt == "csv" else "\t"
+        _write_list(tmp_path / f"{name}-header.{fmt}", rows[:150] + broken + rows[150:], header, delimiter)
+        _write_list(tmp_path / f"{name}.{fmt}", rows[:150] + broken + rows[150:], None, delimiter)
+
+        def read(file, **cols):
+            with open(file, newline="") as f:
+                return [c if isinstance(c, dict) else readers.unreadable_reason(c)
+                        for c in readers.read_text_table(f, "list", fmt, **cols)]
+
+        with_header = read(tmp_path / f"{name}-header.{fmt}")
+        without = read(tmp_path / f"{name}.{fmt}", url_col=url_col, text_col=text_col, no_header=True)
+        assert with_header == without, name
+        assert [(c["text"], c["url"]) for c in without if isinstance(c, dict)] == pairs
+        assert [c for c in without if not isinstance(c, dict)] == ["unreadable_record"] * 2
+
+
+def test_headerless_tsv_crawls_to_the_same_pairs(tmp_path):
+    """`clipforge crawl --no-header --url-col 2 --text-col 1` on CC3M's layout keeps exactly the
+    pairs of the same file with a header, and counts its links the same way."""
+    pairs = _real_captions(400)
+    _write_list(tmp_path / "cc3m.tsv", pairs)
+    _write_list(tmp_path / "cc3m-header.tsv", pairs, ["caption", "url"])
+    (tmp_path / "q.json").write_text(json.dumps(["the", "of", "and", "a", "in", "for", "with", "by"]))
+    out = {}
+    for name, flags in (("header", ["--input", "cc3m-header.tsv"]),
+                        ("headerless", ["--input", "cc3m.tsv", "--no-header", "--url-col", "2", "--text-col", "1"])):
+        r = subprocess.run([CLI, "crawl", *flags, "--queries", "q.json", "--out", name, "--lang", "all", "--quiet",
+                            "--direct_num_workers=1"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        stats = read_stats(tmp_path / name / "crawl_stats.json")
+        rows = [{k: v for k, v in row.items() if k != "source_file"} for row in pairs_of(tmp_path / name)]
+        out[name] = (rows, stats["input"], stats["kept"], stats["dropped"])
+    assert out["header"] == out["headerless"]
+    assert out["header"][1] == 400 and out["header"][2] > 50
