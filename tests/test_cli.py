@@ -97,3 +97,26 @@ def test_every_installed_runners_flags_pass_the_flag_check():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "['--nonsense_flag=1']"
+
+
+def test_flag_values_are_hyphenated_and_older_underscores_still_work():
+    """--resize-mode takes keep-ratio and center-crop, as every other flag value is spelt, and the
+    older keep_ratio and center_crop still parse to the same; help shows the hyphenated ones."""
+    from clipforge.cli import build_parser
+
+    parse = build_parser().parse_args
+    for given, parsed in (("keep-ratio", "keep-ratio"), ("keep_ratio", "keep-ratio"), ("center-crop", "center-crop"),
+                          ("center_crop", "center-crop"), ("no", "no")):
+        assert parse(["shard", "--resize-mode", given]).resize_mode == parsed
+    assert parse(["shard"]).resize_mode == "keep-ratio"
+    r = run("shard", "--help")
+    assert "keep-ratio" in r.stdout and "center-crop" in r.stdout and "keep_ratio:" not in r.stdout
+    r = run("shard", "--resize-mode", "keep-aspect")
+    assert r.returncode == 2 and "invalid choice: 'keep-aspect'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["crawl", "shard"])
+def test_headerless_lists_are_in_the_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0 and "--no-header" in r.stdout and "--page-url-col" in r.stdout
+    assert "--url-col 2 --text-col 1" in " ".join(r.stdout.split())  # whatever the wrapping

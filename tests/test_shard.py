@@ -4,6 +4,7 @@ stub resolver, image checks, the stage end to end, and kill-and-resume."""
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -188,6 +189,70 @@ def test_stage_end_to_end_on_the_demo_web(world_dir, demo_server, tmp_path):
     assert seen == total
     # no shard is dominated by one query: the pairs of one page are spread over the shards
     assert len({r["shard"] for r in index}) == len(read_sizes(tmp_path / "shards" / "sizes.json"))
+
+
+def _index(out):
+    rows = pa.concat_tables([pq.read_table(p) for p in sorted(Path(out).glob("*.parquet"))]).to_pylist()
+    return sorted((r["key"], r["uid"], r["url"], r["text"], r["status"], r["sha256"], r["width"], r["height"])
+                  for r in rows)
+
+
+def test_headerless_url_list_shards_like_the_list_with_a_header(world_dir, demo_server, tmp_path):
+    """CC3M's layout (caption, url) without a header, sharded straight from the TSV as img2dataset
+    shards CC3M (`--no-header --url-col 2 --text-col 1`), gives the shards of the same TSV with a
+    header and of the same pairs as a parquet; its rows that are not pairs are counted."""
+    import csv
+
+    from conftest import shared_file
+
+    laion = pq.read_table(shared_file("pairs/laion-style-1000.parquet")).column("TEXT").to_pylist()
+    captions = [t for t in laion if t and not any(c in t for c in "\t\r\n")]
+    truth = [t for t in pq.read_table(world_dir / "truth.parquet").to_pylist() if t["kind"] == "image"][:40]
+    pairs = [(caption, t["url"]) for caption, t in zip(captions, truth)]
+    broken = [("only one field",), ("a caption without a URL", "")]
+    for name, header in (("cc3m.tsv", None), ("cc3m-header.tsv", ["caption", "url"])):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerows(([header] if header else []) + pairs[:20] + broken + pairs[20:])
+    pq.write_table(pa.table({"url": [u for _, u in pairs], "caption": [c for c, _ in pairs]}), tmp_path / "p.parquet")
+    cli = subprocess.run([CLI, "shard", "--pairs", str(tmp_path / "cc3m.tsv"), "--no-header", "--url-col", "2",
+                          "--text-col", "1", "--out", str(tmp_path / "headerless"), "--allow-private-hosts",
+                          "--image-size", "64", "--resize-mode", "center-crop", "--samples-per-shard", "15",
+                          "--deadline", "3", "--timeout", "2", "--max-bytes", str(2 << 20), "--quiet",
+                          "--direct_num_workers=1"], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    stats = {"headerless": read_stats(tmp_path / "headerless" / "shard_stats.json")}
+    for name, path in (("header", "cc3m-header.tsv"), ("parquet", "p.parquet")):
+        items, n = expand_pairs([str(tmp_path / path)])
+        cfg = shard_cfg(items, tmp_path / name, samples_per_shard=15,
+                        image=ImageConfig(image_size=64, resize_mode="center_crop"))
+        stats[name] = run(cfg, n, ["--direct_num_workers=1"])
+    index = _index(tmp_path / "headerless")
+    assert index == _index(tmp_path / "header") == _index(tmp_path / "parquet")
+    assert {(r[3], r[2]) for r in index} == set(pairs)
+    ok = [r for r in index if r[4] == "success"]
+    assert len(ok) > 30 and all(r[6] == r[7] == 64 for r in ok)  # center-crop reached the images
+    for name in ("headerless", "header"):
+        s = stats[name]
+        assert s["input"] == len(pairs) + 2 and s["dropped"]["unreadable_record"] == 2, (name, s)
+        assert s["kept"] == stats["parquet"]["kept"] == len(ok)
+        assert s["kept"] + sum(s["dropped"].values()) == s["input"]
+    assert "unreadable_record" not in stats["parquet"]["dropped"]
+
+
+def test_a_refused_connection_is_connect_error(tmp_path):
+    """Nothing listens on the port: the connection is refused at once, which is connect_error.
+    (urllib3's NewConnectionError subclasses ConnectTimeoutError, so this came out as timeout.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got = Fetcher(allow_private=True, backoff=0.01).fetch(f"http://127.0.0.1:{port}/a.jpg")
+    assert got.reason == "connect_error" and "refused" in got.error.lower() and got.retries == 2, got
+    urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(6)]
+    pq.write_table(pa.table({"url": urls, "text": [f"image {i}" for i in range(6)]}), tmp_path / "p.parquet")
+    items, n = expand_pairs([str(tmp_path / "p.parquet")])
+    stats = run(shard_cfg(items, tmp_path / "o", retries=0), n, ["--direct_num_workers=1"])
+    assert stats["input"] == 6 and stats["dropped"] == {"connect_error": 6}, stats
 
 
 def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, demo_server, tmp_path):
