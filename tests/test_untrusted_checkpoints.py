@@ -156,3 +156,24 @@ def test_own_checkpoints_still_load(tmp_path):
                                          "data": {"epoch": 0, "ranks": [{"pos": 1}], "skipped": {}}})
     ck = load_checkpoint(path)
     assert ck["step"] == 3 and ck["bpe_merges"] == [("a", "b")] and ck["optimizer"]["state"]
+
+
+def test_checkpoints_from_before_clips_byte_order_are_renumbered(tmp_path):
+    """Before CLIP's byte order, "a</w>" was id 353 and ".</w>" id 302; CLIP numbers them 320 and 269
+    (the ids published in issue 14). An old checkpoint's rows move to CLIP's ids on load."""
+    torch.manual_seed(0)
+    model = CLIP(model_config("tiny"))
+    sd = model.state_dict()
+    emb = sd["token_embedding.weight"]
+    emb[353], emb[302], emb[600] = 1.0, 2.0, 3.0           # merge ids (>= 512) keep their rows
+    opt = {"state": {0: {"exp_avg": emb.clone(), "step": torch.tensor(3.0)}}, "param_groups": []}
+    old = save_checkpoint(tmp_path / "old", 1, {"model": sd, "model_config": model.config.to_dict(),
+                                                "bpe_merges": [("a", "b")], "step": 1, "optimizer": opt})
+    ck = load_checkpoint(old)
+    got = ck["model"]["token_embedding.weight"]
+    assert ck["token_ids"] == "clip"
+    assert (got[320] == 1.0).all() and (got[269] == 2.0).all() and (got[600] == 3.0).all()
+    assert (ck["optimizer"]["state"][0]["exp_avg"][320] == 1.0).all()
+    assert sorted(got[:512].sum(1).tolist()) == sorted(emb[:512].sum(1).tolist())   # a permutation
+    new = save_checkpoint(tmp_path / "new", 1, {**ck, "model": {"token_embedding.weight": got.clone()}})
+    assert torch.equal(load_checkpoint(new)["model"]["token_embedding.weight"], got)   # not moved twice

@@ -190,6 +190,43 @@ def read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# What a token id means. Checkpoints written before CLIP's byte order was adopted (no "token_ids"
+# key) numbered the 256 base symbols, and the 256 with "</w>", by byte value; their first 512
+# embedding rows are put in CLIP's order on load, so old runs keep working.
+TOKEN_IDS = "clip"
+
+
+def _byte_order_permutation() -> torch.Tensor:
+    from clipforge.trainer.tokenizer import byte_alphabet
+
+    new_of_byte = {b: i for i, b in enumerate(byte_alphabet())}
+    old = torch.tensor([b for b in sorted(new_of_byte, key=new_of_byte.get)])   # new id -> old id
+    return torch.cat([old, old + 256])
+
+
+def upgrade_token_ids(ck: dict) -> dict:
+    """A clipforge checkpoint from before CLIP's byte order, with its id-indexed rows reordered."""
+    if "model_config" not in ck or "bpe_merges" not in ck or ck.get("token_ids") == TOKEN_IDS:
+        return ck
+    order = _byte_order_permutation()
+    emb = ck["model"].get("token_embedding.weight")
+    if emb is not None and emb.shape[0] >= 512:
+        shape = emb.shape
+
+        def fix(t):
+            t = t.clone()
+            t[:512] = t[order]
+            return t
+
+        ck["model"]["token_embedding.weight"] = fix(emb)
+        for state in (ck.get("optimizer") or {}).get("state", {}).values():   # Adam's moments of that row block
+            for k, v in list(state.items()):
+                if isinstance(v, torch.Tensor) and v.shape == shape:
+                    state[k] = fix(v)
+    ck["token_ids"] = TOKEN_IDS
+    return ck
+
+
 def load_checkpoint(path: Path) -> dict:
     """A clipforge checkpoint, or {'model': state_dict} for OpenAI-format weights."""
     path = resolve_checkpoint(path)
@@ -213,7 +250,7 @@ def load_checkpoint(path: Path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{path}: not a checkpoint ({type(e).__name__}: {first})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        return obj
+        return upgrade_token_ids(obj)
     if isinstance(obj, dict) and "state_dict" in obj:     # open_clip's training checkpoints
         return {"model": obj["state_dict"]}
     if isinstance(obj, dict) and any(k.endswith("token_embedding.weight") for k in obj):

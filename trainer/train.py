@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from clipforge.schemas.files import write_json_atomic
 
-from clipforge.trainer.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from clipforge.trainer.checkpoint import TOKEN_IDS, latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
                                     keys_digest, make_loader, normalize_images)
 from clipforge.trainer.loss import clip_loss
@@ -444,7 +444,7 @@ class Run:
         totals = Counter()
         for c in all_skipped:
             totals.update(c)
-        payload = {"model": raw.state_dict(), "model_config": raw.config.to_dict(), "bpe_merges": tokenizer.merges,
+        payload = {"model": raw.state_dict(), "model_config": raw.config.to_dict(), "bpe_merges": tokenizer.merges, "token_ids": TOKEN_IDS,
                    "context_length": tokenizer.context_length, "step": step, "optimizer": optimizer.state_dict(),
                    "train_config": asdict(self.cfg),
                    "data": {"epoch": epoch, "steps_in_epoch": in_epoch, "ranks": ranks, "skipped": dict(totals)}}
