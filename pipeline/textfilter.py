@@ -170,9 +170,7 @@ class TextFilter:
         langs = pa.array([o[2] for _, o in good], pa.string()).take(rows)
         scores = pa.array([o[3] for _, o in good], pa.float32()).take(rows)
         qids = pa.array([o[4] for _, o in good], pa.list_(pa.int32())).take(rows)
-        kept_urls = urls.take(kept).to_pylist()
-        uid = balance.uid
-        uids = pa.array([uid(u, t) for u, t in zip(kept_urls, cleaned.to_pylist())], pa.string())
+        uids = pa.array(balance.uids_arrow(urls.take(kept), cleaned), pa.string())
         return codes, kept, uids, cleaned, langs, scores, qids
 
     def filter_batch(self, urls, texts):

@@ -493,3 +493,24 @@ def test_headerless_tsv_crawls_to_the_same_pairs(tmp_path):
         out[name] = (rows, stats["input"], stats["kept"], stats["dropped"])
     assert out["header"] == out["headerless"]
     assert out["header"][1] == 400 and out["header"][2] > 50
+
+
+def test_vectorised_uid_equals_balance_uid():
+    """uids_arrow (RE2 over Arrow for the common URL shape) gives balance.uid's ids, on real links
+    and on generated URLs of every shape normalise_url handles (case, ports, queries, fragments)."""
+    import random
+
+    import pyarrow as pa
+
+    from clipforge.pipeline.balance import uid, uids_arrow
+
+    rng = random.Random(3)
+    parts = ["http://", "HTTPS://", "hTTp://", "Ex.COM", "a-b.org", "/P/a", "?q=A", "#Frag", ":80", ":443",
+             ":8080", "/", "é", "u@", "[::1]", "%2F", "?", "#", "x.y"]
+    links = [(u, t) for u, t in _real_links() if u.lower().startswith(("http://", "https://"))]
+    links += [("".join(rng.choice(parts) for _ in range(rng.randint(2, 6))), rng.choice(["a cat", "Ünï", "x\ty", ""]))
+              for _ in range(20000)]
+    links = [(u, t) for u, t in links if u.lower().startswith(("http://", "https://"))]
+    got = uids_arrow(pa.array([u for u, _ in links]), pa.array([t for _, t in links]))
+    assert got == [uid(u, t) for u, t in links]
+    assert len(links) > 4000
