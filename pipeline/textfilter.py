@@ -132,7 +132,7 @@ class TextFilter:
         ``captions.RAW_FACTOR * max_chars``), keyed by the text itself when short and by a
         16-byte hash otherwise: a page of 10 MB alts leaves nothing behind."""
         cache = self.cache
-        keys = [_cache_key(raw) for raw in raws]
+        keys = [raw if len(raw) <= 64 else _cache_key(raw) for raw in raws]
         got = [cache.get(k) for k in keys]
         new = [(raw, k) for raw, k, g in zip(raws, keys, got) if g is None]
         if new:
