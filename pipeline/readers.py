@@ -698,8 +698,11 @@ def read_text_table(stream, source, fmt, url_col=None, text_col=None, page_col=N
     if fmt == "jsonl":
         if no_header:
             raise ValueError(f"{source}: --no-header is for CSV and TSV lists (JSONL rows name their fields)")
-        cols = None
-        for n, line in enumerate(stream, 1):
+        cols, state = None, {"line": 0, "skipped": []}
+        for line in _bounded_lines(stream, LINE_CAP_FIELDS * _field_limit(), state):
+            while state["skipped"]:          # lines over the cap, read through and not held
+                yield _too_large(source, state["skipped"].pop(0), None)
+            n = state["line"]
             if not line.strip():
                 continue
             try:
@@ -712,6 +715,8 @@ def read_text_table(stream, source, fmt, url_col=None, text_col=None, page_col=N
             if cols is None:
                 cols = pick_columns(list(row), url_col, text_col, page_col, source)
             yield _row(row, cols, source, f"line {n}")
+        while state["skipped"]:
+            yield _too_large(source, state["skipped"].pop(0), None)
         return
     names, rows = _first_row(stream, source, fmt, no_header, {"line": 0, "skipped": []})
     if names is None:  # nothing but unreadable lines

@@ -180,3 +180,16 @@ def test_a_header_past_the_limit_is_one_line(tmp_path, stage):
         assert "longer than" in o.stderr
         assert o.peak_bytes < BOUND
         assert not (tmp_path / "out").exists()
+
+
+def test_a_jsonl_line_past_the_cap_is_counted_and_not_held():
+    import io
+
+    cap = readers.LINE_CAP_FIELDS * limits.MAX_CSV_FIELD_CHARS
+    good = [json.dumps({"url": f"http://a.example/{i}.jpg", "caption": f"a cat {i}"}) for i in range(3)]
+    huge = json.dumps({"url": "http://a.example/x.jpg", "caption": "y" * (cap + 10)})
+    got = list(readers.read_text_table(io.StringIO("\n".join([good[0], huge, good[1], "", good[2]]) + "\n"),
+                                       "list.jsonl", "jsonl"))
+    assert [c["url"] for c in got if isinstance(c, dict)] == [f"http://a.example/{i}.jpg" for i in range(3)]
+    bad = [c for c in got if not isinstance(c, dict)]
+    assert len(bad) == 1 and isinstance(bad[0], readers.FieldTooLarge) and "line 2" in bad[0].detail
