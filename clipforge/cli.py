@@ -164,6 +164,9 @@ def _add_crawl(sub):
     p.add_argument("--min-text-chars", type=int, default=3, help="shortest caption kept (default: %(default)s)")
     p.add_argument("--max-text-chars", type=int, default=1024, help="longest caption kept (default: %(default)s)")
     p.add_argument("--rows-per-file", type=int, default=250_000, help="pairs per output parquet (default: %(default)s)")
+    p.add_argument("--max-page-bytes", type=int, default=None,
+                   help="bytes of a WARC page read; a longer page is read up to this and counted as truncated "
+                        "(default: 4 MiB; Common Crawl itself stores at most 1 MiB)")
     _progress_flags(p)
     p.set_defaults(func=_crawl, parser=p, beam=True)
 
@@ -225,12 +228,21 @@ def _crawl(a, beam_flags):
         raise UserError("--queries is required with --input (a queries directory, queries.parquet or metadata.json)")
     if t < 1 or a.rows_per_file < 1 or a.min_text_chars < 0 or a.max_text_chars < a.min_text_chars:
         raise UserError("--max-per-query and --rows-per-file must be positive, and --min-text-chars <= --max-text-chars")
+    from clipforge import limits
+    from clipforge.pipeline.captions import RAW_FACTOR
+
+    if a.max_text_chars > limits.MAX_RAW_TEXT_CHARS // RAW_FACTOR:
+        raise UserError(f"--max-text-chars is at most {limits.MAX_RAW_TEXT_CHARS // RAW_FACTOR:,} "
+                        f"(texts are read up to {limits.MAX_RAW_TEXT_CHARS:,} characters)")
+    if a.max_page_bytes is not None and not 4096 <= a.max_page_bytes <= limits.MAX_WARC_MEMBER_BYTES // 2:
+        raise UserError(f"--max-page-bytes must be between 4096 and {limits.MAX_WARC_MEMBER_BYTES // 2:,}")
     langs = () if a.lang.strip().lower() == "all" else tuple(x.strip() for x in a.lang.split(",") if x.strip())
     columns = _columns(a)
     cfg = CrawlConfig(inputs=expand_inputs(inputs), queries=load_queries(queries), out=out or "data/pairs",
                       max_per_query=t, langs=langs, min_lang_score=a.min_lang_score, seed=a.seed,
                       **columns, min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars,
-                      rows_per_file=a.rows_per_file, progress_every=_progress_every(a))
+                      rows_per_file=a.rows_per_file, progress_every=_progress_every(a),
+                      **({"max_page_bytes": a.max_page_bytes} if a.max_page_bytes else {}))
     s = run(cfg, beam_flags)
     top = ", ".join(f"{k} {v:,}" for k, v in list(s["dropped"].items())[:5])
     print(f"crawl: {s['kept']:,} of {s['input']:,} image links kept -> {cfg.out}/pairs-*.parquet "

@@ -68,6 +68,7 @@ class CrawlConfig:
     url_col: str = None
     text_col: str = None
     page_col: str = None
+    max_page_bytes: int = limits.MAX_PAGE_BYTES  # bytes of a WARC page read (the rest: pages.truncated)
     no_header: bool = False  # CSV/TSV lists without a header row: the *_col are 1-based positions
     min_text_chars: int = captions.MIN_CHARS
     max_text_chars: int = captions.MAX_CHARS
@@ -102,7 +103,7 @@ def _digest(*parts):
 
 # --- pass 1: read, judge, match, spill -------------------------------------------------------
 
-def candidate_batches(item, cols, pages, no_header=False):
+def candidate_batches(item, cols, pages, no_header=False, max_page_bytes=limits.MAX_PAGE_BYTES):
     """(urls, texts, pages, {reason: unreadable count}, format, fraction of the item read)
     batches of one work item."""
     path, fmt, part = item
@@ -112,7 +113,8 @@ def candidate_batches(item, cols, pages, no_header=False):
         return
     size = max(1, FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    reader = readers.read_warc(raw, path, pages, size) if fmt == "warc" else readers.read_wat(raw, path, pages, size)
+    reader = readers.read_warc(raw, path, pages, size, max_page_bytes) if fmt == "warc" \
+        else readers.read_wat(raw, path, pages, size)
 
     def fraction():
         try:
@@ -148,6 +150,7 @@ class Match(beam.DoFn):
 
     def __init__(self, cfg, tmp, n_parts):
         self.cols, self.no_header = (cfg.url_col, cfg.text_col, cfg.page_col), cfg.no_header
+        self.max_page_bytes = cfg.max_page_bytes
         self.args = (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars)
         self.key = _digest(*self.args)
         self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
@@ -160,7 +163,8 @@ class Match(beam.DoFn):
         tf, counts, pages = self.tf, Counter(), {}
         buffer, buffered, flushes, matched = [], 0, 0, 0
         notes, last_note = FileSystems.join(self.tmp, "progress"), time.monotonic()
-        for urls, texts, page_urls, bad, fmt, fraction in candidate_batches(item, self.cols, pages, self.no_header):
+        batches = candidate_batches(item, self.cols, pages, self.no_header, self.max_page_bytes)
+        for urls, texts, page_urls, bad, fmt, fraction in batches:
             counts["input"] += len(urls) + sum(bad.values())
             counts[f"input_{fmt}"] += len(urls)
             for reason, n_bad in bad.items():

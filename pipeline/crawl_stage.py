@@ -209,6 +209,19 @@ def _empty(path, schema):
         f.write(buf.getvalue())
 
 
+def crawl_limits(cfg):
+    """The caps this crawl ran with (clipforge.limits; --max-page-bytes)."""
+    from clipforge.pipeline.captions import RAW_FACTOR
+
+    return {"max_page_bytes": cfg.max_page_bytes, "max_warc_member_bytes": limits.MAX_WARC_MEMBER_BYTES,
+            "max_wat_record_bytes": limits.MAX_WAT_RECORD_BYTES, "max_html_elements": limits.MAX_HTML_ELEMENTS,
+            "max_html_depth": limits.MAX_HTML_DEPTH, "max_decompression_ratio": limits.MAX_DECOMPRESSION_RATIO,
+            "decompression_floor_bytes": limits.DECOMPRESSION_FLOOR_BYTES,
+            "max_raw_text_chars": min(limits.MAX_RAW_TEXT_CHARS, RAW_FACTOR * cfg.max_text_chars),
+            "max_url_chars": limits.MAX_URL_CHARS, "max_host_chars": limits.MAX_HOST_CHARS,
+            "max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS}
+
+
 def funnel_from_counters(c, cfg, wall):
     f = Funnel("crawl", unit="image link")
     f.add_input(c.get("input", 0))
@@ -225,7 +238,7 @@ def funnel_from_counters(c, cfg, wall):
         "settings": {"max_per_query": cfg.max_per_query, "langs": list(cfg.langs) or "all",
                      "min_lang_score": cfg.min_lang_score, "seed": cfg.seed, "queries": len(cfg.queries),
                      "min_text_chars": cfg.min_text_chars, "max_text_chars": cfg.max_text_chars},
-        "limits": {"max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS},
+        "limits": crawl_limits(cfg),
         "seconds": round(wall, 2),
     }
     return f.to_dict()

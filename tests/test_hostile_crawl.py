@@ -234,15 +234,22 @@ def test_clueweb_style_lf_only_headers_are_read_as_html_with_their_charset():
 
 
 def test_page_funnel_sums_to_the_response_records(queries, tmp_path):
-    data = (good_records(0, 2) + warcio_record("http://png.example/", b"\x89PNG", ctype="image/png")
+    long_page = (b'<html><body><img src="/img/9-0.jpg" alt="a photo of a cat before">' + b" " * 6000
+                 + b'<img src="/img/9-1.jpg" alt="a photo of a cat after"></body></html>')
+    data = (good_records(0, 2) + warcio_record("http://long.example/", long_page)
+            + warcio_record("http://png.example/", b"\x89PNG", ctype="image/png")
             + warcio_record("http://gone.example/", b"gone", status="404 Not Found")
             + gzip.compress(raw_record("http://nohttp.example/", b"this is not an HTTP response")))
     warc = tmp_path / "mixed.warc.gz"
     warc.write_bytes(data)
-    stats, _ = crawl([warc], queries, tmp_path / "out")
+    stats, _ = crawl([warc], queries, tmp_path / "out", extra=["--max-page-bytes", "5000"])
     pages = stats["extra"]["pages"]
-    assert pages == {"html": 2, "not_html": 1, "status_not_200": 1, "unreadable": 1}
-    assert sum(v for k, v in pages.items() if k != "truncated") == 5
+    assert pages == {"html": 3, "not_html": 1, "status_not_200": 1, "unreadable": 1, "truncated": 1}
+    assert sum(v for k, v in pages.items() if k != "truncated") == 6
+    assert stats["extra"]["limits"]["max_page_bytes"] == 5000
+    t = pa.concat_tables([pq.read_table(p) for p in (tmp_path / "out").glob("pairs-*.parquet")])
+    texts = set(t.column("text").to_pylist())
+    assert "a photo of a cat before" in texts and "a photo of a cat after" not in texts
 
 
 def test_worker_logs_of_killed_runs_are_removed_a_day_later(tmp_path, monkeypatch):
