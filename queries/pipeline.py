@@ -33,8 +33,6 @@ Every candidate entry is counted in exactly one bucket of ``queries_stats.json``
 dropped for a named reason.
 """
 
-import bz2
-import gzip
 import io
 import json
 import logging
@@ -50,9 +48,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge.limits import MAX_PAGEVIEW_LINE_BYTES, MAX_WIKI_PAGE_CHARS, MAX_WIKI_PAGE_MARKUP
 from clipforge.pipeline.runner import FinishWithStats, SumCounts
 from clipforge.queries import lexicons, tokens
-from clipforge.queries.wikidump import DumpError, iter_pages, wikitext_to_prose
+from clipforge.queries.inflate import CHUNK, READ_ERRORS, OverBudget, open_input
+from clipforge.queries.prose_worker import ProseParser
+from clipforge.queries.wikidump import DumpError, PageError, iter_pages, markup_cost
 from clipforge.schemas.records import QUERY
 from clipforge.schemas.validate import validate_table
 
@@ -78,6 +79,8 @@ class QueriesConfig:
     min_views: int = 70
     max_entries: int = 500_000  # 0: no cap
     pageview_domains: tuple = ("en", "en.m")
+    max_page_chars: int = MAX_WIKI_PAGE_CHARS  # longer pages (and --text lines) are skipped, counted
+    max_page_markup: int = MAX_WIKI_PAGE_MARKUP  # pages with more markup characters are skipped, counted
 
     def __post_init__(self):
         if self.min_bigram_count is None:
@@ -111,19 +114,15 @@ def _split(pcoll, label, tags):
 
 
 # --- readers -----------------------------------------------------------------------------
+# The hard rule of every reader: a record (a page, a line) that cannot be used is counted under a
+# reason and the run goes on; a file that cannot be read on (truncated, refused, inflating past its
+# decompression budget) is counted as broken, its records before the break kept. Only a bug in
+# clipforge stops a run.
 
-def _open_binary(path):
-    """A binary stream of the file's decompressed bytes (bz2 multistream and gzip aware), and
-    the raw stream under it (for progress)."""
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if path.endswith(".bz2"):
-        return bz2.open(raw), raw
-    if path.endswith(".gz"):
-        return gzip.open(raw), raw
-    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
-        raw.close()
-        raw = FileSystems.open(path)  # Beam's own decompression for the other extensions
-    return raw, raw
+# Reasons a dump page is skipped, counted as wiki_<reason> and reported under
+# extra.corpus.wiki_pages_skipped.
+PAGE_SKIP_REASONS = ("page_too_large", "page_markup_too_heavy", "page_parse_too_costly", "page_malformed",
+                     "page_unparsable")
 
 
 def splittable(path):
@@ -144,27 +143,50 @@ def text_ranges(paths, sizes=None, split_bytes=TEXT_SPLIT_BYTES):
     return out
 
 
-def read_lines(path, start=0, end=None):
+def _readline(stream, max_bytes):
+    """(line, n): the next line with its newline (b"" at the end) and its length in bytes; a line
+    longer than ``max_bytes`` (without its newline) is read past in bounded pieces and comes back
+    as None."""
+    line = stream.readline(max_bytes + 1)
+    if len(line) <= max_bytes or line.endswith(b"\n"):
+        return line, len(line)
+    n = len(line)
+    while True:
+        piece = stream.readline(CHUNK)
+        n += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            return None, n
+
+
+def read_lines(path, start=0, end=None, max_bytes=None):
     """The lines (bytes, without their "\\n" or "\\r\\n") that start in [start, end) of a file,
-    as Beam's ReadFromText splits them; compressed files are read whole (start 0, end None)."""
-    stream, raw = _open_binary(path)
+    as Beam's ReadFromText splits them; compressed files are read whole (start 0, end None). A line
+    longer than ``max_bytes`` (default: 4 bytes for each of MAX_WIKI_PAGE_CHARS) is None. Raises
+    what reading raises (READ_ERRORS: truncated or damaged, OverBudget)."""
+    max_bytes = 4 * MAX_WIKI_PAGE_CHARS if max_bytes is None else max_bytes
+    stream, raw = open_input(path)
     try:
         pos = 0
         if start:
             stream.seek(start - 1)
-            pos = start - 1 + len(stream.readline())  # the line running into the range is the previous one's
+            pos = start - 1 + _readline(stream, max_bytes)[1]  # the line running into the range is the previous one's
         while end is None or pos < end:
-            line = stream.readline()
-            if not line:
+            line, n = _readline(stream, max_bytes)
+            if not n:
                 break
-            pos += len(line)
-            if line.endswith(b"\n"):
+            pos += n
+            if line is not None and line.endswith(b"\n"):
                 line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
             yield line
     finally:
         stream.close()
-        if raw is not stream:
-            raw.close()
+
+
+def _broken(path, e):
+    """The one-line reason a file could not be read on, logged; the counter it goes under."""
+    log.warning("%s: %s (its records before the break are kept)", path,
+                e if isinstance(e, OverBudget) else f"cannot be read on ({type(e).__name__}: {e})")
+    return "over_budget" if isinstance(e, OverBudget) else "broken"
 
 
 class _Tally:
@@ -207,15 +229,18 @@ class ReadCorpus(beam.DoFn):
     reading, counting and the combiners' first step (a Flatten of two readers would make it
     write every partial count out between steps)."""
 
-    def __init__(self, sizes, max_keys=200_000):
+    def __init__(self, sizes, max_keys=200_000, max_page_chars=MAX_WIKI_PAGE_CHARS,
+                 max_page_markup=MAX_WIKI_PAGE_MARKUP):
         self.sizes = sizes  # path -> size, for progress
         self.max_keys = max_keys
+        self.max_page_chars, self.max_page_markup = max_page_chars, max_page_markup
 
     def process(self, work):
         kind, path, start, end = work
         if kind == "wiki":
-            return read_wiki(path, self.sizes.get(path) or 0, self.max_keys)
-        return read_text(path, start, end, self.max_keys)
+            return read_wiki(path, self.sizes.get(path) or 0, self.max_keys, self.max_page_chars,
+                             self.max_page_markup)
+        return read_text(path, start, end, self.max_keys, self.max_page_chars)
 
 
 def corpus_work(wiki, text, sizes=None):
@@ -224,18 +249,22 @@ def corpus_work(wiki, text, sizes=None):
         [("text", path, start, end) for path, start, end in text_ranges(text, sizes)]
 
 
-def read_wiki(path, size, max_keys):
+def read_wiki(path, size, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS, max_page_markup=MAX_WIKI_PAGE_MARKUP):
     """The articles of one dump, as ``ReadCorpus`` gives them; redirects and other namespaces
-    counted and skipped, a dump that breaks off counted (its pages before the break kept)."""
-    stream, raw = _open_binary(path)
+    counted and skipped, pages over a cap or that the wikitext parser fails on counted under
+    their reason (``PAGE_SKIP_REASONS``) and skipped, a dump that breaks off or inflates past its
+    decompression budget counted (its pages before the break kept)."""
     start = last = time.monotonic()
     n = 0
     name = os.path.basename(path)
     tally = _Tally(max_keys)
     counts = {"wiki_pages": 0, "wiki_redirects_skipped": 0, "wiki_non_article_skipped": 0,
-              "wiki_files_broken": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0}
+              "wiki_files_broken": 0, "wiki_files_over_budget": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0,
+              **{f"wiki_{r}": 0 for r in PAGE_SKIP_REASONS}}
+    stream, raw = open_input(path)
+    parser = ProseParser()
     try:
-        for page in iter_pages(stream, name):
+        for page in iter_pages(stream, name, max_page_chars):
             counts["wiki_pages"] += 1
             if page.redirect:
                 counts["wiki_redirects_skipped"] += 1
@@ -243,32 +272,47 @@ def read_wiki(path, size, max_keys):
             if page.ns != 0:
                 counts["wiki_non_article_skipped"] += 1
                 continue
+            if page.skip:
+                counts[f"wiki_{page.skip}"] += 1
+                continue
+            if markup_cost(page.text) > max_page_markup:
+                counts["wiki_page_markup_too_heavy"] += 1
+                continue
+            try:
+                prose = parser.prose(page.text)
+            except PageError as e:
+                counts[f"wiki_{e.reason}"] += 1
+                log.warning("%s: page %r skipped (%s)", name, page.title[:200], e)
+                continue
             n += 1
             counts["wiki_wikitext_bytes"] += len(page.text.encode("utf-8"))
-            prose = wikitext_to_prose(page.text)
             counts["prose_bytes"] += len(prose.encode("utf-8"))
             yield from tally.add(prose)
             now = time.monotonic()
             if now - last > 10:
                 last = now
-                _progress(name, n, raw, size, now - start)
+                _progress(name, n, _tell(raw), size, now - start)
     except DumpError as e:
         counts["wiki_files_broken"] += 1
+        if e.reason == "over_decompression_budget":
+            counts["wiki_files_over_budget"] += 1
         log.warning("%s (pages before the break are kept)", e)
     finally:
+        parser.close()
         stream.close()
-        if raw is not stream:
-            raw.close()
-    _progress(name, n, raw, size, time.monotonic() - start, done=True)
+    _progress(name, n, 0, size, time.monotonic() - start, done=True)
     yield from tally.flush()
     yield "counts", {**counts, **tally.counts()}
 
 
-def _progress(name, n, raw, size, elapsed, done=False):
+def _tell(raw):
     try:
-        pos = raw.tell()
+        return raw.tell()
     except (OSError, AttributeError, ValueError):
-        pos = 0
+        return 0
+
+
+def _progress(name, n, pos, size, elapsed, done=False):
     rate = pos / max(elapsed, 1e-9) / 1e6
     if done:
         log.info("queries: %s: %d articles in %.0f s", name, n, elapsed)
@@ -278,22 +322,35 @@ def _progress(name, n, raw, size, elapsed, done=False):
                  name, n, 100 * pos / size, size / 1e6, rate, eta)
 
 
-def read_text(path, start, end, max_keys):
+def read_text(path, start, end, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS):
     """The lines of one text range (one document a line), as ``ReadCorpus`` gives them. Lines
-    that are not UTF-8 are read with replacement characters, and reported."""
+    that are not UTF-8 are read with replacement characters, and reported; lines longer than
+    ``max_page_chars`` are counted and skipped; a file that cannot be read on is counted (its
+    lines before the break kept)."""
     tally = _Tally(max_keys)
     not_utf8 = 0
-    for line in read_lines(path, start, end):
-        try:
-            doc = line.decode("utf-8")
-        except UnicodeDecodeError:
-            doc = line.decode("utf-8", "replace")
-            not_utf8 += 1
-        yield from tally.add(doc)
+    counts = {"text_lines_too_large": 0, "text_files_broken": 0, "text_files_over_budget": 0}
+    try:
+        for line in read_lines(path, start, end, 4 * max_page_chars):
+            doc = None
+            if line is not None:
+                try:
+                    doc = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    doc = line.decode("utf-8", "replace")
+                    not_utf8 += 1
+            if doc is None or len(doc) > max_page_chars:
+                counts["text_lines_too_large"] += 1
+                continue
+            yield from tally.add(doc)
+    except READ_ERRORS as e:
+        counts["text_files_broken"] += 1
+        if _broken(path, e) == "over_budget":
+            counts["text_files_over_budget"] += 1
     if not_utf8:
         log.warning("%s: %d lines are not UTF-8 (read with replacement characters)", path, not_utf8)
     yield from tally.flush()
-    yield "counts", tally.counts()
+    yield "counts", {**counts, **tally.counts()}
 
 
 class ReadPageviews(beam.DoFn):
@@ -307,35 +364,50 @@ class ReadPageviews(beam.DoFn):
     def process(self, path):
         views = {}
         lines = malformed = 0
-        for raw in read_lines(path):
-            try:
-                parsed = lexicons.parse_pageview_line(raw.decode("utf-8"), self.domains)
-            except ValueError:  # UnicodeDecodeError included
-                malformed += 1
-                continue
-            lines += 1
-            if parsed is not None:
-                title, n = parsed
-                views[title] = views.get(title, 0) + n
-                if len(views) > self.max_keys:
-                    yield from (("views", kv) for kv in views.items())
-                    views = {}
+        counts = {"pageview_files_broken": 0, "pageview_files_over_budget": 0}
+        try:
+            for raw in read_lines(path, max_bytes=MAX_PAGEVIEW_LINE_BYTES):
+                try:
+                    if raw is None:
+                        raise ValueError("line too long")
+                    parsed = lexicons.parse_pageview_line(raw.decode("utf-8"), self.domains)
+                except ValueError:  # UnicodeDecodeError included
+                    malformed += 1
+                    continue
+                lines += 1
+                if parsed is not None:
+                    title, n = parsed
+                    views[title] = views.get(title, 0) + n
+                    if len(views) > self.max_keys:
+                        yield from (("views", kv) for kv in views.items())
+                        views = {}
+        except READ_ERRORS as e:
+            counts["pageview_files_broken"] += 1
+            if _broken(path, e) == "over_budget":
+                counts["pageview_files_over_budget"] += 1
         yield from (("views", kv) for kv in views.items())
-        yield "counts", {"pageview_lines": lines, "pageview_lines_malformed": malformed}
+        yield "counts", {"pageview_lines": lines, "pageview_lines_malformed": malformed, **counts}
 
 
-def _wordnet_lemmas(path):
-    if path == "nltk":
-        yield from lexicons.wordnet_lemmas("nltk")
-        return
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        yield from lexicons.wordnet_lemmas(path, f)
+class ReadLemmas(beam.DoFn):
+    """A WordNet source -> its lemmas (tagged "lemmas"), then one tagged "counts" dictionary; a
+    source that cannot be read on (the launcher checked it whole, so it changed since) is
+    counted, its lemmas before the break kept."""
+
+    def process(self, path):
+        broken = 0
+        try:
+            for lemma in lexicons.wordnet_lemmas(path):
+                yield "lemmas", lemma
+        except lexicons.LexiconError as e:
+            broken = 1
+            log.warning("%s (its lemmas before the break are kept)", e)
+        yield "counts", {"wordnet_files_broken": broken}
 
 
 def _metadata_entries(path):
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for i, entry in enumerate(lexicons.metadata_entries(f.read(), path)):
-            yield entry, i
+    for i, entry in enumerate(lexicons.read_metadata_file(path)):
+        yield entry, i
 
 
 # --- sources -> candidates: each step is fn(element, ...) -> (records, counts) ----------------
@@ -595,7 +667,8 @@ def build(p, cfg, stats_path, sizes=None):
         # read, so only partial counts (not the corpus) travel between steps.
         parts = _split(p | "CorpusFiles" >> beam.Create(corpus_work(cfg.wiki, cfg.text, sizes))
                        | "SpreadFiles" >> beam.Reshuffle()
-                       | "ReadCorpus" >> beam.ParDo(ReadCorpus(sizes)),
+                       | "ReadCorpus" >> beam.ParDo(ReadCorpus(sizes, max_page_chars=cfg.max_page_chars,
+                                                             max_page_markup=cfg.max_page_markup)),
                        "Corpus", ("words", "bigrams", "counts"))
         counts.append(parts["counts"])
         unigram_counts = parts["words"] | "CountWords" >> beam.CombinePerKey(sum)
@@ -633,9 +706,11 @@ def build(p, cfg, stats_path, sizes=None):
         candidates.append(records)
         counts.append(c)
     if cfg.wordnet:
-        records, c = (p | "WordNetSources" >> beam.Create(sorted(cfg.wordnet))
-                      | "ReadLemmas" >> beam.FlatMap(_wordnet_lemmas)
-                      | "DistinctLemmas" >> beam.Distinct()
+        parts = _split(p | "WordNetSources" >> beam.Create(sorted(cfg.wordnet))
+                       | "ReadLemmas" >> beam.ParDo(ReadLemmas()),
+                       "WordNet", ("lemmas", "counts"))
+        counts.append(parts["counts"])
+        records, c = (parts["lemmas"] | "DistinctLemmas" >> beam.Distinct()
                       | "WordNet" >> Classify(_wordnet))
         candidates.append(records)
         counts.append(c)

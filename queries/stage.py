@@ -1,23 +1,24 @@
 """The queries stage as a command: check the inputs, run the pipeline, write queries_stats.json.
 
 Errors in the inputs as a whole (a pattern that matches nothing, a file that is not a
-dump, an empty corpus) stop the stage with one line; damage inside a file (a truncated
-bz2, malformed pageview lines) is counted and reported.
+dump, a WordNet or metadata file that cannot be read or is refused, an empty corpus) stop the
+stage with one line; damage inside a file (a truncated bz2, a page over a cap, malformed
+pageview lines, a dump inflating past its decompression budget) is counted and reported. The
+caps the stage ran with are listed under ``extra.limits`` of queries_stats.json.
 """
 
-import bz2
-import gzip
 import json
 import logging
 import time
 import uuid
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge import limits
 from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.queries import lexicons
-from clipforge.queries.pipeline import QueriesConfig, build
+from clipforge.queries.inflate import READ_ERRORS, open_input
+from clipforge.queries.pipeline import PAGE_SKIP_REASONS, QueriesConfig, build
 from clipforge.schemas.files import Funnel
 
 log = logging.getLogger("clipforge.queries")
@@ -50,17 +51,12 @@ def expand(patterns, what):
 
 
 def _peek(path, n=4096):
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
-        if path.endswith(".bz2"):
-            return bz2.open(raw).read(n)
-        if path.endswith(".gz"):
-            return gzip.open(raw).read(n)
-        return raw.read(n)
-    except (OSError, EOFError) as e:
+        stream, _ = open_input(path)
+        with stream:
+            return stream.read(n)
+    except READ_ERRORS as e:
         raise InputError(f"{path}: cannot be decompressed ({e})") from None
-    finally:
-        raw.close()
 
 
 def check_wiki(path):
@@ -69,6 +65,16 @@ def check_wiki(path):
         head = head[head.find(b"?>") + 2:].lstrip()
     if not head.startswith(b"<mediawiki"):
         raise InputError(f"--wiki {path}: not a MediaWiki XML dump (it does not start with <mediawiki>)")
+
+
+def check_wordnet(path):
+    """Read a WordNet source through once (streamed, bounded), so that a file that cannot be
+    read or is refused stops the stage here in one line rather than inside a worker."""
+    if path == "nltk":
+        next(iter(lexicons.wordnet_lemmas(path)), None)
+        return
+    for _ in lexicons.wordnet_lemmas(path):
+        pass
 
 
 def run(cfg: QueriesConfig, beam_flags=()):
@@ -85,9 +91,12 @@ def run(cfg: QueriesConfig, beam_flags=()):
     metadata = [p for p, _ in expand(cfg.metadata, "--metadata")]
     if not (wiki or text or pageviews or wordnet or metadata):
         raise InputError("no inputs: give at least one of --wiki, --text, --pageviews, --wordnet, --metadata")
+    if cfg.max_page_chars < 1 or cfg.max_page_markup < 1:
+        raise InputError("--max-page-chars and --max-page-markup must be positive")
     for path in metadata:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            lexicons.metadata_entries(f.read(), path)
+        lexicons.read_metadata_file(path)
+    for path in wordnet:
+        check_wordnet(path)
     resolved = QueriesConfig(**{**cfg.__dict__, "wiki": [p for p, _ in wiki], "text": text,
                                 "pageviews": pageviews, "wordnet": wordnet, "metadata": metadata})
     FileSystems.mkdirs(cfg.out) if not FileSystems.exists(cfg.out) else None
@@ -113,8 +122,16 @@ def run(cfg: QueriesConfig, beam_flags=()):
     with FileSystems.create(FileSystems.join(cfg.out, "queries_stats.json")) as f:
         f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
     if stats["kept"] == 0:
+        corpus = stats["extra"]["corpus"]
+        broken = sum(corpus[k] for k in ("wiki_files_broken", "text_files_broken", "pageview_files_broken",
+                                         "wordnet_files_broken"))
+        skipped = sum(corpus["wiki_pages_skipped"].values()) + corpus["text_lines_too_large"]
+        why = ""
+        if broken or skipped:
+            why = (f"; {broken} file(s) broke off or were refused, {skipped} page(s) or line(s) skipped over a cap "
+                   "or unparsable")
         raise InputError("no queries produced: the inputs hold no entry that passes the thresholds "
-                         f"(see {FileSystems.join(cfg.out, 'queries_stats.json')})")
+                         f"(see {FileSystems.join(cfg.out, 'queries_stats.json')}{why})")
     return stats
 
 
@@ -129,6 +146,21 @@ def _pmi_summary(c):
     if not v or not v.get("count"):
         return None
     return {"min": v["min"] / 1000, "max": v["max"] / 1000, "mean": v["sum"] / v["count"] / 1000, "count": v["count"]}
+
+
+def stage_limits(cfg):
+    """The caps on hostile input the stage ran with (clipforge.limits; the first two are flags)."""
+    return {"max_page_chars": cfg.max_page_chars, "max_page_markup": cfg.max_page_markup,
+            "max_wiki_field_chars": limits.MAX_WIKI_FIELD_CHARS,
+            "wiki_parse_cpu_seconds": limits.WIKI_PARSE_CPU_SECONDS,
+            "wiki_parse_cpu_seconds_per_mchar": limits.WIKI_PARSE_CPU_SECONDS_PER_MCHAR,
+            "max_wiki_parse_bytes": limits.MAX_WIKI_PARSE_BYTES,
+            "max_decompression_ratio": limits.MAX_DECOMPRESSION_RATIO,
+            "decompression_floor_bytes": limits.DECOMPRESSION_FLOOR_BYTES,
+            "max_xml_depth": limits.MAX_XML_DEPTH, "max_xml_token_bytes": limits.MAX_XML_TOKEN_BYTES,
+            "max_wordnet_yaml_bytes": limits.MAX_WORDNET_YAML_BYTES,
+            "max_metadata_json_bytes": limits.MAX_METADATA_JSON_BYTES,
+            "max_pageview_line_bytes": limits.MAX_PAGEVIEW_LINE_BYTES}
 
 
 def funnel_from_counters(c, cfg, pmi_dist=None, wall=None):
@@ -151,9 +183,18 @@ def funnel_from_counters(c, cfg, pmi_dist=None, wall=None):
                    "wiki_pages": c.get("wiki_pages", 0), "wiki_redirects_skipped": c.get("wiki_redirects_skipped", 0),
                    "wiki_non_article_skipped": c.get("wiki_non_article_skipped", 0),
                    "wiki_files_broken": c.get("wiki_files_broken", 0),
+                   "wiki_files_over_budget": c.get("wiki_files_over_budget", 0),
+                   "wiki_pages_skipped": {r: c.get(f"wiki_{r}", 0) for r in PAGE_SKIP_REASONS},
                    "wikitext_bytes": c.get("wiki_wikitext_bytes", 0), "prose_bytes": c.get("prose_bytes", 0),
+                   "text_lines_too_large": c.get("text_lines_too_large", 0),
+                   "text_files_broken": c.get("text_files_broken", 0),
+                   "text_files_over_budget": c.get("text_files_over_budget", 0),
                    "pageview_lines": c.get("pageview_lines", 0),
-                   "pageview_lines_malformed": c.get("pageview_lines_malformed", 0)},
+                   "pageview_lines_malformed": c.get("pageview_lines_malformed", 0),
+                   "pageview_files_broken": c.get("pageview_files_broken", 0),
+                   "pageview_files_over_budget": c.get("pageview_files_over_budget", 0),
+                   "wordnet_files_broken": c.get("wordnet_files_broken", 0)},
+        "limits": stage_limits(cfg),
         "bigram_pmi": pmi_dist,
         "inputs": {"wiki": cfg.wiki, "text": cfg.text, "pageviews": cfg.pageviews, "wordnet": cfg.wordnet,
                    "metadata": cfg.metadata},
