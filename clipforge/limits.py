@@ -64,8 +64,9 @@ MAX_WIKI_FIELD_CHARS = 4096
 # CPU time the wikitext parser may spend on one page: a floor plus a share per million characters.
 # Real wikitext parses at 2-7 s per million characters; mwparserfromhell takes quadratic time on
 # flat runs of unclosed markup (20 KB of "<ref " took 18 s, and twice the text four times as long;
-# earwig/mwparserfromhell#364 for templates), which no count of characters predicts. The parser runs in a child process held to
-# this by RLIMIT_CPU; a page past it is stopped and counted (page_parse_too_costly).
+# earwig/mwparserfromhell#364 for templates), which no count of characters predicts. The parser
+# runs in a child process held to this by RLIMIT_CPU; a page past it is stopped and counted
+# (page_parse_too_costly).
 WIKI_PARSE_CPU_SECONDS = 2
 WIKI_PARSE_CPU_SECONDS_PER_MCHAR = 20
 # Address space of that child process (RLIMIT_AS): a hard bound on the parser's memory under the

@@ -341,3 +341,37 @@ def test_yaml_and_lmf_lemmas_still_read(tmp_path):
     (tmp_path / "bad.yaml").write_text(json.dumps({"x-n": {"members": 5}}))
     with pytest.raises(lexicons.LexiconError, match="not a list"):
         list(lexicons.wordnet_lemmas(str(tmp_path / "bad.yaml")))
+
+
+def test_every_compression_is_read_within_a_budget(tmp_path):
+    """The same dump as .bz2, .gz, .xz, .zst, .deflate and plain gives the same pages; each of the
+    compressed ones, made a bomb, stops at its budget without inflating further."""
+    import lzma
+    import zlib
+
+    import zstandard
+
+    from clipforge.queries.inflate import OverBudget, open_input
+
+    xml = HEADER + page("Zebra", ZEBRA) + page("Polka", POLKA) + b"</mediawiki>\n"
+    compress = {"bz2": bz2.compress, "gz": gzip.compress, "xz": lzma.compress, "deflate": zlib.compress,
+                "zst": zstandard.ZstdCompressor().compress}
+    for ext, fn in [("", None), *compress.items()]:
+        path = tmp_path / (f"d.xml.{ext}" if ext else "d.xml")
+        path.write_bytes(fn(xml) if fn else xml)
+        stream, _ = open_input(str(path))
+        with stream:
+            assert [p.title for p in iter_pages(stream, path.name)] == ["Zebra", "Polka"], ext
+    zeros = b"0" * (16 * MiB)
+    for ext, fn in compress.items():
+        path = tmp_path / f"bomb.xml.{ext}"
+        if ext == "deflate":  # one stream only: 304 MiB compressed at once
+            path.write_bytes(zlib.compress(zeros * 19, 1))
+        else:  # 19 streams (members, frames) of 16 MiB, read as one
+            path.write_bytes(fn(zeros) * 19)
+        stream, _ = open_input(str(path))
+        n = 0
+        with stream, pytest.raises(OverBudget):
+            while stream.read(MiB):
+                n += MiB
+        assert n <= limits.decompressed_budget(path.stat().st_size) < 19 * len(zeros), ext
