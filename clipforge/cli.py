@@ -83,6 +83,12 @@ def _add_queries(sub):
     t.add_argument("--max-entries", type=int, default=500_000, help="cap on the list, 0 for none (default: %(default)s)")
     t.add_argument("--pageview-domains", default="en,en.m",
                    help="pageview domain codes counted, comma-separated (default: %(default)s)")
+    from clipforge import limits
+
+    t.add_argument("--max-page-chars", type=int, default=limits.MAX_WIKI_PAGE_CHARS,
+                   help="skip (and count) wiki pages and --text lines longer than this (default: %(default)s)")
+    t.add_argument("--max-page-markup", type=int, default=limits.MAX_WIKI_PAGE_MARKUP,
+                   help="skip (and count) wiki pages with more markup characters than this (default: %(default)s)")
     p.set_defaults(func=_queries, parser=p, beam=True)
 
 
@@ -108,9 +114,14 @@ def _queries(a, beam_flags):
         if thresholds[name] < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     cfg = QueriesConfig(**inputs, out=out, **thresholds,
-                        pageview_domains=tuple(d for d in a.pageview_domains.split(",") if d))
+                        pageview_domains=tuple(d for d in a.pageview_domains.split(",") if d),
+                        max_page_chars=a.max_page_chars, max_page_markup=a.max_page_markup)
     t = time.time()
     stats = run(cfg, beam_flags)
+    skipped = stats["extra"].get("corpus", {}).get("wiki_pages_skipped", {})
+    if sum(skipped.values()):
+        print("queries: wiki pages skipped: " + ", ".join(f"{k} {v:,}" for k, v in skipped.items() if v),
+              file=sys.stderr)
     src = stats["extra"]["sources"]
     print(f"queries: {stats['kept']:,} entries -> {out}/queries.parquet, metadata.json ("
           + ", ".join(f"{s} {v['kept']:,}" for s, v in src.items() if v["candidates"])

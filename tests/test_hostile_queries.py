@@ -375,3 +375,20 @@ def test_every_compression_is_read_within_a_budget(tmp_path):
             while stream.read(MiB):
                 n += MiB
         assert n <= limits.decompressed_budget(path.stat().st_size) < 19 * len(zeros), ext
+
+
+def test_page_caps_are_flags_and_skips_are_reported(tmp_path):
+    """--max-page-chars and --max-page-markup move the caps; skipped pages are counted and named on
+    stderr in one line."""
+    dump = write_bz2_dump(tmp_path / "d.xml.bz2", [
+        HEADER + page("Zebra", ZEBRA) + page("Long", "plain words " * 500)
+        + page("Linky", "[[a|b]]" * 300) + page("Polka", POLKA) + b"</mediawiki>\n"])
+    r = queries("--wiki", dump.name, "--min-count", "1", "--out", "o", "--max-page-chars", "3000",
+                "--max-page-markup", "1000", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats, words = corpus_and_words(tmp_path / "o")
+    skipped = stats["extra"]["corpus"]["wiki_pages_skipped"]
+    assert skipped["page_too_large"] == 1 and skipped["page_markup_too_heavy"] == 1
+    assert {"zebra", "polka"} <= words and "linky" not in words
+    assert stats["extra"]["limits"]["max_page_chars"] == 3000
+    assert "wiki pages skipped: page_too_large 1, page_markup_too_heavy 1" in r.stderr
