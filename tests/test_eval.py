@@ -164,7 +164,7 @@ def checkpoint(tmp_path_factory, tokenizer):
     model = CLIP(CLIPConfig(128, VisionConfig(64, 2, 128, 8), TextConfig(32, tokenizer.vocab_size, 128, 2, 2)))
     run = tmp_path_factory.mktemp("run")
     save_checkpoint(run, 7, {"model": model.state_dict(), "model_config": model.config.to_dict(),
-                             "bpe_merges": tokenizer.merges, "step": 7})
+                             "bpe_merges": tokenizer.merges, "token_ids": "clip", "step": 7})
     return run, model
 
 

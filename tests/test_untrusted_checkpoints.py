@@ -82,7 +82,7 @@ def test_every_command_refuses_a_malicious_checkpoint_in_one_line(evil, command,
     if command == "eval":
         args = ["eval", "--checkpoint", ckpt, "--wds", shards / "000000.tar", "--out", tmp_path / "ev"]
     elif command == "score":
-        args = ["score", "--checkpoint", ckpt, "--pairs", shards / "000000.tar", "--out", tmp_path / "s.parquet"]
+        args = ["score", "--checkpoint", ckpt, "--pairs", shards / "000000.tar", "--out", tmp_path / "sc"]
     elif command == "train --init-from":
         args = ["train", "--train-data", shards, "--model", "tiny", "--steps", "1", "--init-from", ckpt,
                 "--out", tmp_path / "run"]
