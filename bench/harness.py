@@ -59,8 +59,8 @@ class Result:
         return statistics.median(self.peer_s) / statistics.median(self.ours_s)
 
 
-def _tree_rss(root):
-    """Resident bytes of a process and all its descendants (Linux /proc)."""
+def descendants(root):
+    """A process and all its descendants, parents first (Linux /proc)."""
     children = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -70,10 +70,18 @@ def _tree_rss(root):
                 children.setdefault(ppid, []).append(int(d))
             except (OSError, ValueError, IndexError):
                 pass
-    total, stack = 0, [root]
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
+        out.append(pid)
         stack.extend(children.get(pid, ()))
+    return out
+
+
+def _tree_rss(root):
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    total = 0
+    for pid in descendants(root):
         try:
             with open(f"/proc/{pid}/statm") as f:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

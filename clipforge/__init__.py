@@ -9,7 +9,8 @@ The repository keeps one folder per stage; installed, each is a sub-package:
 - ``clipforge.stats``    (``stats/``)    the dataset report (HTML, Markdown, plots, stats.json)
 - ``clipforge.demo``     (``demo/``)     the offline demo web: generator and loopback server
 
-This package itself holds only the command line (``clipforge.cli``).
+This package itself holds the command line (``clipforge.cli``) and the caps on hostile input
+(``clipforge.limits``).
 """
 
 __version__ = "0.1.0"

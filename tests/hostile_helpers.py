@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import _tree_rss  # noqa: E402
+from bench.harness import _tree_rss, descendants  # noqa: E402
 
 GiB = 1 << 30
 
@@ -32,24 +32,6 @@ class Outcome:
     def last_line(self):
         lines = [ln for ln in self.stderr.strip().splitlines() if ln.strip()]
         return lines[-1] if lines else ""
-
-
-def _descendants(root):
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, ()))
-    return out
 
 
 def run_bounded(argv, max_bytes=int(1.5 * GiB), timeout=300, interval=0.2, env=None, cwd=None):
@@ -71,7 +53,7 @@ def run_bounded(argv, max_bytes=int(1.5 * GiB), timeout=300, interval=0.2, env=N
         elif time.perf_counter() - t > timeout:
             killed = "time"
         if killed:
-            for pid in reversed(_descendants(proc.pid)):
+            for pid in reversed(descendants(proc.pid)):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
