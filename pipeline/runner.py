@@ -22,8 +22,10 @@ DaskRunner is the strictest one that runs here):
 """
 
 import argparse
+import atexit
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -38,12 +40,58 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"
+
+
+def fast_worker_exit():
+    """In a Beam SDK worker process (``python -m apache_beam.runners.worker.sdk_worker_main``,
+    as FnApiRunner, worker pools and Flink/Spark start them): leave with ``os._exit`` as soon as
+    Python's exit begins, with the exit status the worker would have had.
+
+    Measured here: a worker spends 1.3-1.5 s after its harness has returned in interpreter
+    finalisation (no Python frames: gRPC's and the modules' teardown), and FnApiRunner stops
+    its workers one after the other, so every local run of a stage ended ~2.5 s after its last
+    output. When the exit hook runs, the harness has sent every response, closed its log
+    channel and non-daemon threads are joined; the hook flushes logging and stdio, then exits:
+    1 if an exception reached the top (``sys.excepthook``), else 0. Any other process
+    (the launcher, a Dask worker, tests) is left alone."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) != _SDK_WORKER_MAIN or _EXIT_HOOK:
+        return False
+    failed = []
+    previous = sys.excepthook
+
+    def excepthook(*exc_info):
+        failed.append(exc_info[0])
+        previous(*exc_info)
+
+    def leave():
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os._exit(1 if failed else 0)
+
+    sys.excepthook = excepthook
+    atexit.register(leave)
+    _EXIT_HOOK.append(leave)
+    return True
+
+
+_EXIT_HOOK = []
+fast_worker_exit()  # this module is imported by every stage's DoFns in each worker
 _RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
 
 
-def _register_runner_options():
+def _register_runner_options(flags=None):
     """Import the runner modules that define their options outside pipeline_options, so that
-    their flags are known (DaskOptions exists only once Beam's dask runner is imported)."""
+    their flags are known (DaskOptions exists only once Beam's dask runner is imported). With
+    ``flags`` given, only when one of them names Dask: importing dask costs half a second of
+    every local run's start."""
+    if flags is not None and not any("dask" in f.lower() for f in flags):
+        return
     try:
         import apache_beam.runners.dask.dask_runner  # noqa: F401
     except ImportError:  # dask not installed: its flags are then rightly unknown
@@ -62,7 +110,7 @@ def _all_option_classes(cls=PipelineOptions):
 
 def unknown_beam_flags(flags):
     """The flags in ``flags`` that no Beam options class of an installed runner accepts."""
-    _register_runner_options()
+    _register_runner_options(flags)
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     seen = set()
     for cls in _all_option_classes():
@@ -79,7 +127,7 @@ def unknown_beam_flags(flags):
 
 def make_pipeline(beam_flags, default_workers=0):
     """A ``beam.Pipeline`` for the given Beam flags (the stage's own flags already removed)."""
-    _register_runner_options()
+    _register_runner_options(beam_flags)
     unknown = unknown_beam_flags(beam_flags)
     if unknown:
         raise BeamFlagError(f"unrecognized arguments: {' '.join(unknown)}")

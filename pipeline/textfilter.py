@@ -1,13 +1,13 @@
 """The crawl's text stage, a plain object: image links in, curated pairs or drop reasons out.
 
-For each link: URL check, caption cleaning (``captions``), language identification (lid.176)
-and query matching (``matching``). ``filter_arrow`` works on a batch of links as Arrow
-columns: the URL check runs vectorised, each distinct raw text of the batch is judged once
-(lid.176 over the batch's new texts in one call), and the outcome of the last ``cache_size``
-distinct raw texts is remembered (web alt texts repeat a lot: site boilerplate, product
-names, templated captions). Only the pair id (a hash) is computed link by link, and only for
-links that are kept. Matched queries are ids into ``self.queries`` (the query list, sorted),
-in increasing order.
+For each link: URL check, caption cleaning (``captions``; Arrow compute for plain ASCII texts),
+language identification (lid.176) and query matching (``matching``). ``filter_arrow`` works on
+a batch of links as Arrow columns: the URL check runs vectorised, each distinct raw text of the
+batch is judged once (lid.176 over the batch's new texts in one call), and the outcome of the
+last ``cache_size`` distinct raw texts is remembered (web alt texts repeat a lot: site
+boilerplate, product names, templated captions). Only the pair id (a hash) is computed link by
+link, and only for links that are kept. Matched queries are ids into ``self.queries`` (the
+query list, sorted), in increasing order.
 """
 
 import hashlib
@@ -94,8 +94,7 @@ class TextFilter:
         """{raw text: outcome} for distinct raw texts: ``(code, text, lang, score, query ids)``,
         where code is OK or the reason the text cannot give a pair."""
         out, todo, cleaned = {}, [], []
-        for raw in raws:
-            text, reason = captions.clean(raw, self.min_chars, self.max_chars)
+        for raw, (text, reason) in zip(raws, captions.clean_many(raws, self.min_chars, self.max_chars)):
             if reason:
                 out[raw] = (_CODE[reason], None, None, None, None)
             else:

@@ -99,6 +99,43 @@ def test_every_installed_runners_flags_pass_the_flag_check():
     assert r.stdout.strip().splitlines()[-1] == "['--nonsense_flag=1']"
 
 
+def _as_beam_worker(body):
+    """Python code that runs ``body`` in a process whose __main__ claims to be Beam's SDK worker
+    (``python -m apache_beam.runners.worker.sdk_worker_main``), after importing the runner."""
+    return ("import sys, types\n"
+            "sys.modules['__main__'].__spec__ = types.SimpleNamespace(name='apache_beam.runners.worker.sdk_worker_main')\n"
+            "import logging\n"
+            "logging.basicConfig(stream=sys.stderr, format='LOG %(message)s')\n"
+            "import atexit\n"
+            "atexit.register(lambda: print('finalising', file=sys.stderr))  # runs after later hooks\n"
+            "from clipforge.pipeline import runner\n" + body)
+
+
+def test_beam_workers_exit_at_once_with_their_own_exit_status():
+    """In a Beam SDK worker the runner module's exit hook ends the process with os._exit as
+    Python's exit begins: buffered output and log records still come out, a normal end is 0,
+    an uncaught exception is 1 with its traceback; other processes keep Python's own exit."""
+    ok = subprocess.run([sys.executable, "-c", _as_beam_worker(
+        "print('buffered line', end='')\nlogging.warning('last record')\nprint(runner._EXIT_HOOK != [], end='')")],
+        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "buffered lineTrue"  # flushed although os._exit skips Python's own flush
+    assert "LOG last record" in ok.stderr
+    assert "finalising" not in ok.stderr  # left before the rest of Python's exit
+    failed = subprocess.run([sys.executable, "-c", _as_beam_worker("raise RuntimeError('worker broke')")],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert "RuntimeError: worker broke" in failed.stderr
+    interrupted = subprocess.run([sys.executable, "-c", _as_beam_worker("raise KeyboardInterrupt")],
+                                 capture_output=True, text=True, timeout=120)
+    assert interrupted.returncode == 1
+    plain = subprocess.run([sys.executable, "-c", "import atexit, sys\n"
+                            "atexit.register(lambda: print('finalising', file=sys.stderr))\n"
+                            "from clipforge.pipeline import runner\n"
+                            "print(runner._EXIT_HOOK)\nraise SystemExit(3)"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 3 and plain.stdout.strip() == "[]" and "finalising" in plain.stderr
+
+
 def test_flag_values_are_hyphenated_and_older_underscores_still_work():
     """--resize-mode takes keep-ratio and center-crop, as every other flag value is spelt, and the
     older keep_ratio and center_crop still parse to the same; help shows the hyphenated ones."""

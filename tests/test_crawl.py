@@ -129,6 +129,25 @@ def _real_links():
     return links
 
 
+def test_vectorised_caption_cleaning_equals_clean():
+    """clean_many (Arrow compute for plain ASCII texts, clean() for the rest) gives clean()'s
+    outcome for every text: real alt texts, and generated ones made of the characters and words
+    the rules look at (controls, white space, digits, file extensions, boilerplate words), at
+    the length limits, and with other length limits."""
+    import random
+
+    rng = random.Random(11)
+    pieces = list("abcxXiImM0123456789 .,:;/#+%()-_|&\t\n\r\x0b\x0c\x1c\x1f\x00\x7f") + [
+        "image", "IMG", "logo", "an ", "a ", ".jpeg", ".PNG", "photo", "dsc", "alt text", "\u00d7", "\u00e9", "&amp;",
+        "\u200b", "\u00c3\u00a9"]
+    texts = [t for _, t in _real_links()]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) for _ in range(40000)]
+    texts += ["x" * n for n in (1023, 1024, 1025, 8192, 8193)] + [" " * 9000 + "abc", "a " * 600, "\x00" * 5]
+    assert captions.clean_many(texts) == [captions.clean(t) for t in texts]
+    assert captions.clean_many(texts, 1, 6) == [captions.clean(t, 1, 6) for t in texts]
+    assert captions.clean_many([]) == []
+
+
 def test_vectorised_url_check_equals_the_regex():
     """url_codes (RE2 over Arrow, Python for the rest) decides as the Python regex does, on real
     URLs and on generated ones full of the characters where the two engines differ."""
