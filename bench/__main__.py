@@ -31,8 +31,14 @@ def main(argv):
             print(f"{name}:", flush=True)
             mod = importlib.import_module(f"bench.{name}")
             rows = [dataclasses.asdict(harness.run(c)) for c in mod.benchmarks(Path(tmp) / name)]
-            sections[name] = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": command,
-                              "machine": harness.machine_line(), "rows": rows}
+            now = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+            for row in rows:
+                row["measured"] = now
+            old = sections.get(name, {})
+            for row in old.get("rows", []):
+                row["measured"] = row.get("measured") or old.get("measured")
+            sections[name] = {"measured": now, "command": command, "machine": harness.machine_line(),
+                              "rows": harness.merge_rows(old.get("rows", []), rows)}
             RESULTS.write_text(json.dumps(dict(sorted(sections.items())), indent=1) + "\n")
     text = harness.markdown(dict(sorted(sections.items())))
     (HERE.parent / "BENCHMARKS.md").write_text(text)

@@ -44,6 +44,7 @@ class Result:
     ours_rss: list = field(default_factory=list)  # peak bytes, for subprocess benchmarks
     peer_rss: list = field(default_factory=list)
     show_wall: bool = False
+    measured: str = None  # "YYYY-MM-DD HH:MM UTC" of this row's run
 
     @property
     def ours_rate(self):
@@ -193,10 +194,21 @@ def markdown(sections, packages=("clipforge", "img2dataset", "apache-beam", "tor
                 ours += f" ({statistics.median(r.ours_s):,.1f} s)"
                 peer += f" ({statistics.median(r.peer_s):,.1f} s)"
             lines.append(f"| {r.name} | {r.input} | {ours} | {r.peer_name} | {peer} | **{r.ratio:.2f}x** | {mem} |")
-        notes = [f"- **{r.name}**: {r.notes}" for r in results if r.notes]
+        notes = [f"- **{r.name}**: {r.notes}" + (f" (this row: measured {r.measured}, kept from an earlier run)"
+                                                 if r.measured and r.measured != sec["measured"] else "")
+                 for r in results if r.notes]
         if notes:
             lines += ["", "Notes:", ""] + notes
     return "\n".join(lines) + "\n"
+
+
+def merge_rows(old, new):
+    """A section's rows after a rerun: each new row replaces the old row of the same name in its
+    place, new names come last, and old rows that were not rerun (a smaller size chosen with an
+    environment knob) stay, each with the date it was measured."""
+    by_name = {r["name"]: r for r in new}
+    rows = [by_name.pop(r["name"], r) for r in old]
+    return rows + [r for r in new if r["name"] in by_name]
 
 
 def machine_line():

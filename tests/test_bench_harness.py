@@ -40,3 +40,18 @@ def test_subprocess_benchmarks_record_peak_memory_of_the_process_tree():
     md = harness.markdown({"bench_mem": {"measured": "now", "command": "make bench", "machine": "here",
                                          "rows": [dataclasses.asdict(r)]}})
     assert " MiB / " in md
+
+
+def test_a_partial_rerun_keeps_the_rows_it_did_not_run_with_their_dates():
+    old = [{"name": "a", "v": 1, "measured": "d1"}, {"name": "b", "v": 1, "measured": "d1"}]
+    new = [{"name": "b", "v": 2, "measured": "d2"}, {"name": "c", "v": 2, "measured": "d2"}]
+    assert harness.merge_rows(old, new) == [{"name": "a", "v": 1, "measured": "d1"},
+                                            {"name": "b", "v": 2, "measured": "d2"},
+                                            {"name": "c", "v": 2, "measured": "d2"}]
+    row = dict(name="kept", peer_name="p", unit="links", items=10, input="in", ours_s=[1.0], peer_s=[2.0],
+               notes="n", measured="2026-01-01 00:00 UTC")
+    fresh = dict(row, name="fresh", measured="2026-02-01 00:00 UTC")
+    md = harness.markdown({"bench_x": {"measured": "2026-02-01 00:00 UTC", "command": "make bench", "machine": "m",
+                                       "rows": [row, fresh]}})
+    assert "- **kept**: n (this row: measured 2026-01-01 00:00 UTC, kept from an earlier run)" in md
+    assert "- **fresh**: n\n" in md
