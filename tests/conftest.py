@@ -1,4 +1,4 @@
-"""Shared fixtures: a small demo world served on loopback, and paths to ../shared/data."""
+"""Shared fixtures: a small demo world served on loopback, and paths to the sample files in tests/data."""
 
 from pathlib import Path
 
@@ -8,7 +8,8 @@ from clipforge.demo.server import DemoServer
 from clipforge.demo.world import WorldConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Real sample files, kept in the repository (tests/data/README.md lists their sources).
+TEST_DATA = ROOT / "tests" / "data"
 
 # Small enough to build in a couple of seconds, big enough to hold every kind of page.
 TEST_WORLD_SIZE = 120
@@ -30,10 +31,10 @@ def demo_server(world_dir):
 
 
 def shared_file(rel):
-    """A file from ../shared/data, or skip the test when it is absent."""
-    path = SHARED_DATA / rel
-    if not path.exists():
-        pytest.skip(f"sample data {rel} not present at {SHARED_DATA}")
+    """A sample file from tests/data. A missing one fails the test: it is part of the repository."""
+    path = TEST_DATA / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"sample data {rel} missing from {TEST_DATA} (see tests/data/README.md)")
     return path
 
 

@@ -3,8 +3,8 @@ gibibyte (gzip of a few MB), a quote that never closes, a header that cannot be 
 that cannot be read ends as a counted reason, the rows after it are read, and the whole process
 tree stays inside a memory bound (the watchdog kills the run past it).
 
-The probes are generated here; the good rows carry real captions from ../shared/data when it is
-present (plain English captions otherwise, so the probes run anywhere).
+The probes are generated here; the good rows carry real captions from tests/data (the LAION-style
+sample), topped up with plain English captions when too few of them fit.
 """
 
 import gzip
@@ -20,7 +20,7 @@ from clipforge import limits
 from clipforge.pipeline import readers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import SHARED_DATA  # noqa: E402
+from conftest import shared_file  # noqa: E402
 from hostile_helpers import GiB, run_bounded  # noqa: E402
 
 CLIPFORGE = [sys.executable, "-m", "clipforge"]
@@ -30,11 +30,9 @@ LIMIT = limits.MAX_CSV_FIELD_CHARS
 
 def captions(n):
     """n real captions (LAION-style sample) without tabs, line breaks or quotes, or plain ones."""
-    path = SHARED_DATA / "pairs" / "laion-style-1000.parquet"
-    texts = []
-    if path.exists():
-        texts = [t for t in pq.read_table(path).column("TEXT").to_pylist()
-                 if t and len(t) > 20 and not any(c in t for c in '\t\r\n",') and t.isascii()]
+    path = shared_file("pairs/laion-style-1000.parquet")
+    texts = [t for t in pq.read_table(path).column("TEXT").to_pylist()
+             if t and len(t) > 20 and not any(c in t for c in '\t\r\n",') and t.isascii()]
     texts += [f"a red circle on a white background number {i}" for i in range(n)]
     return texts[:n]
 

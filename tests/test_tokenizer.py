@@ -3,7 +3,7 @@
 The oracle is the file as the `open_clip_torch` wheel ships it, installed without dependencies
 by `make setup` and loaded by path (the package's `__init__` imports torchvision, which does not
 load beside this CPU torch). The released vocabulary, `bpe_simple_vocab_16e6.txt.gz`, comes from
-the same wheel. Real texts come from ../shared/data (LAION-style captions, alt texts of two real
+the same wheel. Real texts come from tests/data (LAION-style captions, alt texts of two real
 crawls, sentences and paragraphs of a Wikipedia dump); the texts written here are the hard cases.
 """
 
