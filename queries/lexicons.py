@@ -24,7 +24,10 @@ except AttributeError:  # libyaml missing: the pure-Python loader is slower, sam
     _Loader = yaml.SafeLoader
 
 
-class LexiconError(ValueError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class LexiconError(UserError, ValueError):
     """A WordNet or metadata file that cannot be read as its format."""
 
 

@@ -50,7 +50,10 @@ class Page:
     skip: str = ""  # why the page cannot be read ("page_too_large", "page_malformed"); its text is then ""
 
 
-class DumpError(ValueError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class DumpError(UserError, ValueError):
     """The file is not a MediaWiki XML dump, breaks off mid-way, or is refused. ``reason``:
     not_a_dump, malformed, truncated, unreadable, over_decompression_budget or refused."""
 

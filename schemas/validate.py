@@ -21,7 +21,10 @@ _KEY = re.compile(r"^[^./\\]+$")
 _URL = re.compile(r"^https?://[^/\s?#]+", re.IGNORECASE)
 
 
-class SchemaError(ValueError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class SchemaError(UserError, ValueError):
     """A record or file does not follow its contract."""
 
 

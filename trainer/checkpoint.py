@@ -72,7 +72,10 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     return p
 
 
-class UnsafeCheckpoint(ValueError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class UnsafeCheckpoint(UserError, ValueError):
     """A file that would need code to load (a pickled global outside the allow-list)."""
 
 

@@ -39,7 +39,10 @@ from clipforge.trainer.model import CLIP_MEAN, CLIP_STD
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-class NoUsableSamples(RuntimeError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class NoUsableSamples(UserError, RuntimeError):
     """Raised when a stream yields no usable sample (instead of waiting forever)."""
 
 

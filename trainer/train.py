@@ -36,7 +36,10 @@ from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write
 _KILL_AT_STEP = int(os.environ.get("CLIPFORGE_TEST_KILL_AT_STEP", "0"))
 
 
-class TrainingError(RuntimeError):
+from clipforge.errors import UserError  # noqa: E402
+
+
+class TrainingError(UserError, RuntimeError):
     """A run cannot go on (diverged, bad resume, no data); the message is one line for the user."""
 
 
