@@ -28,8 +28,7 @@ DROP_REASONS = ("unreadable_record", "field_too_large", "bad_url_scheme", "inval
     "lang_not_wanted", "no_query_match", "duplicate", "balanced_out")
 
 
-class InputError(ValueError):
-    pass
+from clipforge.errors import InputError  # noqa: E402  (one class for every stage)
 
 
 def input_format(path):

@@ -28,8 +28,7 @@ from clipforge.schemas.validate import read_tar_samples
 log = logging.getLogger("clipforge.shard")
 
 
-class InputError(ValueError):
-    pass
+from clipforge.errors import InputError  # noqa: E402  (one class for every stage)
 
 
 def expand_pairs(patterns, url_col=None, text_col=None, page_col=None, no_header=False):

@@ -28,8 +28,7 @@ DROP_REASONS = ("below_min_count", "below_min_bigram_count", "below_min_pmi", "b
 SOURCES = ("metadata", "wordnet", "unigram", "bigram", "title")
 
 
-class InputError(ValueError):
-    """Inputs the stage cannot use at all."""
+from clipforge.errors import InputError  # noqa: E402  (inputs the stage cannot use at all; one class for every stage)
 
 
 def expand(patterns, what):
