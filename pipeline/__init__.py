@@ -1,13 +1,14 @@
-"""The data pipeline's Beam stages.
+"""The data pipeline's Beam stages (launched by ``clipforge.beam``; the pair identity is
+``clipforge.schemas.pairs``).
 
 - crawl: web archives (WAT/WARC) and URL lists -> cleaned, language-identified,
   query-matched, deduplicated and balanced pairs (``schemas.records.CURATED_PAIR``).
 - shard: pairs -> fetched, resized images packed as WebDataset tars
   (``schemas.records.SHARD_SAMPLE``, ``SHARD_INDEX``, ``sizes.json``).
 
-Modules: ``runner`` (how a Beam stage is launched, on any runner), ``spill`` (hash-partitioned
-files between passes), ``progress`` (progress lines from workers' notes), ``readers``,
-``captions``, ``langid``, ``matching``, ``textfilter`` (the crawl's text stage on batches),
-``balance``, ``crawl`` + ``crawl_stage`` (the crawl), ``fetch``, ``images``, ``shard`` +
-``shard_stage`` (the shard stage), ``img2dataset_downloader``.
+Modules: ``spill`` (hash-partitioned files between passes), ``progress`` (progress lines from
+workers' notes), ``readers``, ``captions``, ``langid``, ``matching``, ``textfilter`` (the
+crawl's text stage on batches), ``balance``, ``crawl`` + ``crawl_stage`` (the crawl),
+``fetch``, ``images``, ``shard`` + ``shard_stage`` (the shard stage),
+``img2dataset_downloader``.
 """

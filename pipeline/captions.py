@@ -1,4 +1,4 @@
-"""Clean an image's text and decide whether it can be a caption at all.
+r"""Clean an image's text and decide whether it can be a caption at all.
 
 ``clean(text)`` returns ``(caption, None)`` or ``(None, reason)`` where reason is one of
 ``no_text``, ``text_too_short``, ``text_too_long``, ``text_file_name``, ``text_number`` or

@@ -35,8 +35,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
+from clipforge.beam import FinishWithStats
 from clipforge.pipeline import balance, captions, progress, readers, spill
-from clipforge.pipeline.runner import FinishWithStats
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table

@@ -4,7 +4,6 @@ moved into place) and write crawl_stats.json."""
 
 import dataclasses
 import io
-import json
 import logging
 import sys
 import time
@@ -15,10 +14,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
+from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
-from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
-from clipforge.schemas.files import Funnel, read_metadata
+from clipforge.schemas.files import Funnel, read_metadata, write_stats
 from clipforge.schemas.records import CURATED_PAIR
 
 log = logging.getLogger("clipforge.crawl")
@@ -151,8 +150,7 @@ def run(cfg: CrawlConfig, beam_flags=()):
     publish(cfg.out, tmp)
     stats = funnel_from_counters(c, cfg, time.time() - t0)
     stats["extra"]["partitions"] = n_parts
-    with FileSystems.create(FileSystems.join(cfg.out, "crawl_stats.json")) as f:
-        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    write_stats(FileSystems.join(cfg.out, "crawl_stats.json"), stats)
     return stats
 
 

@@ -25,9 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from clipforge.pipeline import balance, readers
+from clipforge.pipeline import readers
 from clipforge.pipeline.fetch import Guard, NameResolutionError, RefusedAddress
 from clipforge.pipeline.shard import order_key, publish_shard
+from clipforge.schemas import pairs as pair_ids
+from clipforge.schemas.files import write_stats
 from clipforge.schemas.validate import read_tar_samples
 
 
@@ -68,7 +70,7 @@ def run(cfg, beam_flags=()):
         cols = [c for c in dict.fromkeys([url_c, text_c, "uid", "page_url", "lang", "queries"]) if c in names]
         for row in pf.read_row_group(group, columns=cols).to_pylist():
             url, text = row.get(url_c) or "", row.get(text_c) or ""
-            pairs.append({"uid": row.get("uid") or balance.uid(url, text), "url": url, "text": text,
+            pairs.append({"uid": row.get("uid") or pair_ids.uid(url, text), "url": url, "text": text,
                           "page_url": row.get("page_url"), "lang": row.get("lang"), "queries": row.get("queries")})
     pairs.sort(key=lambda p: order_key(cfg.seed, p["uid"]))  # the same spread across shards as clipforge's
     guard = Guard(allow_private=cfg.allow_private)
@@ -111,8 +113,7 @@ def run(cfg, beam_flags=()):
         shutil.rmtree(work, ignore_errors=True)
     stats = finish(cfg.out)
     stats["extra"]["downloader"] = "img2dataset"
-    with open(os.path.join(cfg.out, "shard_stats.json"), "w") as f:
-        json.dump(stats, f, indent=1, ensure_ascii=False)
+    write_stats(os.path.join(cfg.out, "shard_stats.json"), stats)
     return stats
 
 

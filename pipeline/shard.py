@@ -30,10 +30,11 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
-from clipforge.pipeline import balance, readers, spill
+from clipforge.beam import FinishWithStats
+from clipforge.pipeline import readers, spill
 from clipforge.pipeline.fetch import DEFAULT_USER_AGENT, Fetcher, system_resolver
 from clipforge.pipeline.images import ImageConfig, process
-from clipforge.pipeline.runner import FinishWithStats
+from clipforge.schemas import pairs as pair_ids
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import validate_table
 
@@ -82,14 +83,14 @@ SPILLED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()),
 def pair_batches(path, group, cols=(None, None, None), no_header=False, batch_size=8192):
     """(Arrow table with SPILLED's columns, {reason: unreadable rows}) batches of one work item:
     a row group of a pairs parquet (the crawl's, or any URL list), or a whole CSV, TSV or JSONL
-    URL list read as the crawl reads it. Pairs without a uid get clipforge's (``balance.uid``
+    URL list read as the crawl reads it. Pairs without a uid get clipforge's (``schemas.pairs.uid``
     of URL and text); missing columns are null."""
     fmt = readers.url_list_format(path)
     if fmt != "parquet":
         for urls, texts, pages, bad, _ in readers.url_list_batches((path, fmt, group), cols, no_header, batch_size):
             urls, texts = urls.to_pylist(), texts.to_pylist()
             n = len(urls)
-            yield pa.table({"uid": [balance.uid(u, t) for u, t in zip(urls, texts)], "url": urls, "text": texts,
+            yield pa.table({"uid": [pair_ids.uid(u, t) for u, t in zip(urls, texts)], "url": urls, "text": texts,
                             "page_url": pages, "lang": pa.nulls(n, pa.string()),
                             "queries": pa.nulls(n, pa.list_(pa.string()))}, schema=SPILLED), bad
         return
@@ -102,7 +103,7 @@ def pair_batches(path, group, cols=(None, None, None), no_header=False, batch_si
         urls = [u or "" for u in batch.column(url_c).to_pylist()]
         texts = [t or "" for t in batch.column(text_c).to_pylist()]
         given = batch.column("uid").to_pylist() if "uid" in names else [None] * n
-        uids = [g or balance.uid(u, t) for g, u, t in zip(given, urls, texts)]
+        uids = [g or pair_ids.uid(u, t) for g, u, t in zip(given, urls, texts)]
 
         def col(name, type_):
             if name not in names:

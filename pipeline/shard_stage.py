@@ -18,10 +18,10 @@ import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
+from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline import progress, readers, spill
-from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
-from clipforge.schemas.files import Funnel, write_sizes
+from clipforge.schemas.files import Funnel, write_sizes, write_stats
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import read_tar_samples
 
@@ -91,8 +91,7 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     stats["extra"].update(shards_written=c.get("shards_written", 0), shards_reused=c.get("shards_reused", 0),
                           seconds=round(time.time() - t0, 2), settings=_settings(cfg),
                           limits={"max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS})
-    with FileSystems.create(FileSystems.join(cfg.out, "shard_stats.json")) as f:
-        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    write_stats(FileSystems.join(cfg.out, "shard_stats.json"), stats)
     return stats
 
 

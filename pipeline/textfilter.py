@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipforge import limits
-from clipforge.pipeline import balance, captions
+from clipforge.pipeline import captions
 from clipforge.pipeline.langid import LanguageID
 from clipforge.pipeline.matching import Matcher
+from clipforge.schemas import pairs as pair_ids
 
 # An absolute http(s) URL with a host and no whitespace; anything else is dropped. Written once
 # for Python's re and once for RE2 (pyarrow): on ASCII text they accept exactly the same strings
@@ -54,7 +55,7 @@ def url_problem(url):
             return None
         try:
             idna.encode(host.rstrip("."), uts46=True)
-            urlsplit(url)          # what balance.uid parses (NFKC check of the netloc)
+            urlsplit(url)          # what pairs.uid parses (NFKC check of the netloc)
             return None
         except (idna.IDNAError, UnicodeError, ValueError):
             return "invalid_url"
@@ -169,7 +170,7 @@ class TextFilter:
         langs = pa.array([o[2] for _, o in good], pa.string()).take(rows)
         scores = pa.array([o[3] for _, o in good], pa.float32()).take(rows)
         qids = pa.array([o[4] for _, o in good], pa.list_(pa.int32())).take(rows)
-        uids = pa.array(balance.uids_arrow(urls.take(kept), cleaned), pa.string())
+        uids = pa.array(pair_ids.uids_arrow(urls.take(kept), cleaned), pa.string())
         return codes, kept, uids, cleaned, langs, scores, qids
 
     def filter_batch(self, urls, texts):

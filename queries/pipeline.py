@@ -13,7 +13,7 @@ and ``N`` is the total number of word tokens. All counting goes through Beam com
 joins; no step holds the corpus's counts in one process except the runner's own shuffle.
 
 The pipeline keeps to what every Beam runner translates faithfully (see
-``clipforge.pipeline.runner``): no Beam Metrics, no side inputs, no multi-output ParDos, no
+``clipforge.beam``): no Beam Metrics, no side inputs, no multi-output ParDos, no
 Read transforms, nothing emitted from ``finish_bundle`` (Beam's DaskRunner drops it), and one
 last step, ``FinishWithStats``, that depends on everything else. So:
 
@@ -48,8 +48,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from clipforge.beam import FinishWithStats, SumCounts
 from clipforge.limits import MAX_PAGEVIEW_LINE_BYTES, MAX_WIKI_PAGE_CHARS, MAX_WIKI_PAGE_MARKUP
-from clipforge.pipeline.runner import FinishWithStats, SumCounts
 from clipforge.queries import lexicons, tokens
 from clipforge.queries.inflate import CHUNK, READ_ERRORS, OverBudget, open_input
 from clipforge.queries.prose_worker import ProseParser

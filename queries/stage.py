@@ -7,7 +7,6 @@ pageview lines, a dump inflating past its decompression budget) is counted and r
 caps the stage ran with are listed under ``extra.limits`` of queries_stats.json.
 """
 
-import json
 import logging
 import time
 import uuid
@@ -15,11 +14,11 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
-from clipforge.pipeline.runner import absolute, make_pipeline, read_stats, run_pipeline
+from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
 from clipforge.queries import lexicons
 from clipforge.queries.inflate import READ_ERRORS, open_input
 from clipforge.queries.pipeline import PAGE_SKIP_REASONS, QueriesConfig, build
-from clipforge.schemas.files import Funnel
+from clipforge.schemas.files import Funnel, write_stats
 
 log = logging.getLogger("clipforge.queries")
 
@@ -118,8 +117,7 @@ def run(cfg: QueriesConfig, beam_flags=()):
         if FileSystems.exists(counts_path):
             FileSystems.delete([counts_path])
     stats = funnel_from_counters(c, resolved, _pmi_summary(c), wall=time.time() - t0)
-    with FileSystems.create(FileSystems.join(cfg.out, "queries_stats.json")) as f:
-        f.write((json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    write_stats(FileSystems.join(cfg.out, "queries_stats.json"), stats)
     if stats["kept"] == 0:
         corpus = stats["extra"]["corpus"]
         broken = sum(corpus[k] for k in ("wiki_files_broken", "text_files_broken", "pageview_files_broken",

@@ -138,6 +138,23 @@ class Funnel:
         write_json_atomic(path, self.to_dict())
 
 
+def write_stats(path, stats):
+    """A stage's ``*_stats.json``: checked first (``validate_stats``: the funnel adds up), then
+    written atomically, a local path with ``write_json_atomic``, a filesystem URL (gs://, s3://,
+    ...) through Beam's FileSystems as a temporary file renamed into place."""
+    validate_stats(stats, str(path))
+    path = str(path)
+    if "://" not in path:
+        write_json_atomic(path, stats)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    tmp = path + ".tmp"
+    with FileSystems.create(tmp) as f:
+        f.write((json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    FileSystems.rename([tmp], [path])
+
+
 def validate_stats(obj, where="stats"):
     if not isinstance(obj, dict):
         raise SchemaError(f"{where}: expected a JSON object")
