@@ -39,6 +39,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from clipforge.errors import UserError
+
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"
 
@@ -98,7 +100,7 @@ def _register_runner_options(flags=None):
         pass
 
 
-class BeamFlagError(ValueError):
+class BeamFlagError(UserError, ValueError):
     """A flag that neither the stage nor Beam knows."""
 
 
