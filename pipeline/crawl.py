@@ -3,7 +3,7 @@
 Three passes over hash partitions of the pairs (by uid), MetaCLIP's curation shape, so no
 step holds more than one work item's batch or one partition's pairs, on any runner:
 
-    work items ─ Match ──────────► matched/pNNNNN/*.parquet     (read, clean, lid.176, match;
+    work items ─ Match ──────────► matched/pNNNNN/*.parquet     (read, clean, match, lid.176;
      (files, row groups)  │                                       spilled by uid partition)
                           └ counts ─────────────────────────┐
     Fanout(P) ─ Dedup ───────────► dedup/pNNNNN.parquet     │  (one pair per uid)
@@ -16,6 +16,12 @@ Every candidate ends in exactly one bucket of ``crawl_stats.json``: kept, or one
 ``unreadable_record``, ``field_too_large``, ``bad_url_scheme``, ``invalid_url``, the caption reasons of
 ``captions.judge``, ``lang_not_wanted``, ``no_query_match``, ``duplicate``, ``balanced_out``.
 The counts travel as data (small dictionaries summed at the end), not as runner metrics.
+
+With every language wanted (``--lang all``, no minimum score) the language decides nothing
+before balancing, so lid.176 runs in Balance on the kept pairs only (each distinct text once)
+instead of in Match on every matched one: the same languages in the output, and at CLIP's
+t = 20,000 on a large pool most matched pairs are balanced out. ``extra.languages_kept`` of
+crawl_stats.json counts the kept pairs by language in every mode.
 """
 
 import hashlib
@@ -37,6 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from clipforge import limits
 from clipforge.beam import FinishWithStats
 from clipforge.pipeline import balance, captions, progress, readers, spill
+from clipforge.pipeline.langid import LanguageID
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table
@@ -91,6 +98,20 @@ def _text_filter(key, args):
             del _RESOURCES[k]  # one query list at a time
         tf = _RESOURCES[key] = TextFilter(*args)
     return tf
+
+
+def _language_id():
+    """lid.176, loaded once per worker process (for the languages of kept pairs)."""
+    lid = _RESOURCES.get(None)
+    if lid is None:
+        lid = _RESOURCES[None] = LanguageID()
+    return lid
+
+
+def text_filter_args(cfg):
+    """TextFilter's arguments for a crawl: with every language wanted, lid.176 runs after
+    balancing, on the kept pairs only (``Balance``); before, it would decide nothing."""
+    return (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars, 200_000, True)
 
 
 def _digest(*parts):
@@ -151,7 +172,7 @@ class Match(beam.DoFn):
     def __init__(self, cfg, tmp, n_parts):
         self.cols, self.no_header = (cfg.url_col, cfg.text_col, cfg.page_col), cfg.no_header
         self.max_page_bytes = cfg.max_page_bytes
-        self.args = (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars)
+        self.args = text_filter_args(cfg)
         self.key = _digest(*self.args)
         self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
 
@@ -175,8 +196,6 @@ class Match(beam.DoFn):
                     counts[f"drop_{REASONS[code]}"] += n
             n = len(kept)
             if n:
-                for lang, k in zip(*np.unique(langs.to_numpy(zero_copy_only=False), return_counts=True)):
-                    counts[f"lang_{lang}"] += int(k)
                 taken = pa.array(kept)
                 buffer.append(pa.table({"uid": uids, "url": urls.take(taken), "text": cleaned,
                                         "page_url": page_urls.take(taken), "lang": langs, "lang_score": scores,
@@ -313,7 +332,14 @@ class Balance(beam.DoFn):
         keep = balance.draws(self.seed, table.column("uid").to_pylist()) < p
         kept = table.filter(pa.array(keep)).append_column("keep_prob", pa.array(p[keep], pa.float64()))
         n_kept = kept.num_rows
+        stats = {"kept": n_kept, "drop_balanced_out": table.num_rows - n_kept}
+        if n_kept and kept.column("lang").null_count:  # identified after balancing (every language wanted)
+            langs, scores = _language_id().predict_arrow(kept.column("text"))
+            kept = kept.set_column(kept.schema.get_field_index("lang"), "lang", langs)
+            kept = kept.set_column(kept.schema.get_field_index("lang_score"), "lang_score", scores)
         if n_kept:
+            for lang, k in zip(*np.unique(kept.column("lang").to_numpy(zero_copy_only=False), return_counts=True)):
+                stats[f"lang_{lang}"] = int(k)
             kept_qids = kept.column("qids").combine_chunks()
             names = pa.ListArray.from_arrays(kept_qids.offsets, self.query_array.take(kept_qids.values))
             out = pa.table({f.name: (names if f.name == "queries" else kept.column(f.name)) for f in CURATED_PAIR},
@@ -329,7 +355,6 @@ class Balance(beam.DoFn):
             kept_counts = (np.zeros(0, np.int32), np.zeros(0, np.int64))
         FileSystems.delete([path])
         progress.note(FileSystems.join(self.tmp, "progress"), f"b{part:05d}", {"kept": n_kept})
-        stats = {"kept": n_kept, "drop_balanced_out": table.num_rows - n_kept}
         yield "stats", {k: v for k, v in stats.items() if v}
         yield "kept", kept_counts
 

@@ -231,7 +231,7 @@ def funnel_from_counters(c, cfg, wall):
     f.extra = {
         "inputs": {fmt: c.get(f"input_{fmt}", 0) for fmt in ("warc", "wat", "urllist")},
         "pages": {k[len("pages_"):]: v for k, v in sorted(c.items()) if k.startswith("pages_")},
-        "languages_matched": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+        "languages_kept": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "settings": {"max_per_query": cfg.max_per_query, "langs": list(cfg.langs) or "all",
                      "min_lang_score": cfg.min_lang_score, "seed": cfg.seed, "queries": len(cfg.queries),
                      "min_text_chars": cfg.min_text_chars, "max_text_chars": cfg.max_text_chars},

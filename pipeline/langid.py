@@ -36,6 +36,19 @@ class LanguageID:
         prob, label = got[0]
         return label[len("__label__"):], min(1.0, float(prob))
 
+    def predict_arrow(self, texts):
+        """(language, probability) of each text of an Arrow string array (or chunked array), as
+        two Arrow arrays (string, float32); each distinct text is identified once."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(texts)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        got = self.predict_many(encoded.dictionary.to_pylist())
+        return (pa.array([g[0] for g in got], pa.string()).take(encoded.indices),
+                pa.array([g[1] for g in got], pa.float32()).take(encoded.indices))
+
     def predict_many(self, texts):
         if not texts:
             return []

@@ -83,8 +83,12 @@ def _cache_key(raw):
 
 class TextFilter:
     def __init__(self, queries, langs=("en",), min_lang_score=0.0, min_chars=captions.MIN_CHARS,
-                 max_chars=captions.MAX_CHARS, cache_size=200_000):
+                 max_chars=captions.MAX_CHARS, cache_size=200_000, identify_later=False):
+        """``identify_later``: when every language is wanted (no ``langs``, no minimum score), the
+        language decides nothing here, so leave it unset (lang and score None) for the caller to
+        identify on the pairs it keeps (the crawl does so after balancing: ``LanguageID.predict_arrow``)."""
         self.langs, self.min_lang_score = frozenset(langs), min_lang_score
+        self.identify_later = identify_later and not langs and min_lang_score <= 0
         self.min_chars, self.max_chars = min_chars, max_chars
         self.lid = LanguageID()
         self.matcher = Matcher(queries)
@@ -114,6 +118,10 @@ class TextFilter:
                 if not i:
                     out[raw] = (no_match, text, None, None, i)
             matched = [(r, t, i) for r, t, i in zip(todo, cleaned, ids) if i]
+            if self.identify_later:
+                for raw, text, i in matched:
+                    out[raw] = (OK, text, None, None, i)
+                return out
             for (raw, text, i), (lang, score) in zip(matched, self.lid.predict_many([t for _, t, _ in matched])):
                 out[raw] = (OK, text, lang, score, i)
             return out
