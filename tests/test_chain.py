@@ -71,9 +71,16 @@ def test_zero_shot_accuracy_is_well_above_chance(chain):
 
 def test_rerun_reuses_finished_stages(chain):
     cwd, _ = chain
+    shards = cwd / "data/demo/shards"
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    assert before
     proc = subprocess.run([CLI, "demo", "--size", "2000", "--epochs", "16"], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in ("queries: reusing", "crawl: reusing", "train: reusing"):
         assert stage in proc.stdout
-    assert "0 shard(s) written" in proc.stdout or "reused" in proc.stdout
+    # every shard of the first run is reused, none written again, and the tar files are untouched
+    extra = json.loads((shards / "shard_stats.json").read_text())["extra"]
+    assert (extra["shards_written"], extra["shards_reused"]) == (0, len(before))
+    assert f"shard(s) ({len(before)} reused)" in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")} == before
