@@ -16,3 +16,7 @@ class InputError(UserError, ValueError):
 
 class MissingInput(UserError, FileNotFoundError):
     """A file or directory named on the command line (or found empty) that is not there."""
+
+
+class SystemRefusal(UserError, OSError):
+    """The system refuses what the user asked for: a port in use, a directory that cannot be written."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from clipforge.demo.world import load_manifest
+from clipforge.errors import InputError, SystemRefusal
 
 _TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".svg": "image/svg+xml",
           ".html": "text/html; charset=utf-8", ".txt": "text/plain", ".gif": "image/gif"}
@@ -204,8 +205,12 @@ class DemoServer:
     """Serve a generated world on loopback. Use as a context manager, or start()/stop()."""
 
     def __init__(self, world_dir, host="127.0.0.1", port=None):
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"the demo server binds loopback addresses only, not {host}")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if not loopback:
+            raise InputError(f"the demo server binds loopback addresses only, not {host}")
         self.world = Path(world_dir)
         self.manifest = load_manifest(self.world)
         self.host = host
@@ -241,8 +246,8 @@ class DemoServer:
         try:
             self._httpd = _Server((self.host, self.port), self.world.joinpath("site").resolve(), routes)
         except OSError as e:
-            raise OSError(f"cannot listen on {self.host}:{self.port}: {e.strerror}; the world was generated "
-                          f"for port {self.manifest['port']}, regenerate it with another --port") from None
+            raise SystemRefusal(f"cannot listen on {self.host}:{self.port}: {e.strerror}; the world was generated "
+                                f"for port {self.manifest['port']}, regenerate it with another --port") from None
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="demo-server", daemon=True)

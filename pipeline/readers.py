@@ -34,6 +34,7 @@ from resiliparse.parse.encoding import detect_encoding
 from selectolax.lexbor import LexborHTMLParser
 
 from clipforge import limits
+from clipforge.errors import InputError
 
 
 @dataclass
@@ -530,7 +531,7 @@ def pick_column(names, wanted, candidates, what, source):
     if wanted:
         if wanted not in names:
             hint = f"; {NO_HEADER_HINT}" if str(wanted).isdigit() else ""
-            raise ValueError(f"{source}: no column {wanted!r} (columns: {_names(names)}){hint}")
+            raise InputError(f"{source}: no column {wanted!r} (columns: {_names(names)}){hint}")
         return wanted
     for c in candidates:
         if c in names:
@@ -538,7 +539,7 @@ def pick_column(names, wanted, candidates, what, source):
     if what == "page":
         return None
     hint = f" ({NO_HEADER_HINT})" if any("://" in str(n) for n in names) else ""
-    raise ValueError(f"{source}: no {what} column among {_names(names)}; name it with --{what}-col{hint}")
+    raise InputError(f"{source}: no {what} column among {_names(names)}; name it with --{what}-col{hint}")
 
 
 def column_position(value, flag):
@@ -547,7 +548,7 @@ def column_position(value, flag):
         return None
     text = str(value).strip()
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{flag} {value!r}: with --no-header a column is a position, 1 for the first column")
+        raise InputError(f"{flag} {value!r}: with --no-header a column is a position, 1 for the first column")
     return int(text)
 
 
@@ -563,11 +564,11 @@ def pick_columns(names, url_col, text_col, page_col, source, no_header=False):
         pos = column_position(value, flag)
         if pos is None:
             if flag != "--page-url-col":
-                raise ValueError(f"--no-header needs {flag} as a column position (1, 2, ...)")
+                raise InputError(f"--no-header needs {flag} as a column position (1, 2, ...)")
             out.append(None)
             continue
         if pos > len(names):
-            raise ValueError(f"{source}: {flag} {pos} is past the last column (its first row has "
+            raise InputError(f"{source}: {flag} {pos} is past the last column (its first row has "
                              f"{len(names)} column{'s' if len(names) != 1 else ''})")
         out.append(str(pos))
     return tuple(out)
@@ -682,7 +683,7 @@ def _first_row(stream, source, fmt, no_header, state):
             problem = _too_large(source, n, fields)
             why = (f"has a field longer than {limits.MAX_CSV_FIELD_CHARS:,} characters"
                    if isinstance(problem, FieldTooLarge) else f"cannot be read ({fields})")
-            raise ValueError(f"{source}: the header row (line {n}) {why}: not a URL list with a header row")
+            raise InputError(f"{source}: the header row (line {n}) {why}: not a URL list with a header row")
         pending.append((fields, n))  # counted by the caller, as any row
     return None, iter(pending)
 
@@ -697,7 +698,7 @@ def read_text_table(stream, source, fmt, url_col=None, text_col=None, page_col=N
     longer than limits.MAX_CSV_FIELD_CHARS come out as ``FieldTooLarge``."""
     if fmt == "jsonl":
         if no_header:
-            raise ValueError(f"{source}: --no-header is for CSV and TSV lists (JSONL rows name their fields)")
+            raise InputError(f"{source}: --no-header is for CSV and TSV lists (JSONL rows name their fields)")
         cols, state = None, {"line": 0, "skipped": []}
         for line in _bounded_lines(stream, LINE_CAP_FIELDS * _field_limit(), state):
             while state["skipped"]:          # lines over the cap, read through and not held
@@ -708,7 +709,7 @@ def read_text_table(stream, source, fmt, url_col=None, text_col=None, page_col=N
             try:
                 row = json.loads(line)
                 if not isinstance(row, dict):
-                    raise ValueError("not an object")
+                    raise InputError("not an object")
             except ValueError as e:
                 yield Unreadable(f"{source}: line {n}: {e}")
                 continue
@@ -753,11 +754,11 @@ def url_list_columns(path, fmt, url_col=None, text_col=None, page_col=None, no_h
     header cannot be read."""
     if fmt == "parquet":
         if no_header:
-            raise ValueError(f"{path}: --no-header is for CSV and TSV lists (parquet names its columns)")
+            raise InputError(f"{path}: --no-header is for CSV and TSV lists (parquet names its columns)")
         names = open_parquet(path).schema_arrow.names
     elif fmt == "jsonl":
         if no_header:
-            raise ValueError(f"{path}: --no-header is for CSV and TSV lists (JSONL rows name their fields)")
+            raise InputError(f"{path}: --no-header is for CSV and TSV lists (JSONL rows name their fields)")
         with open_url_list(path) as (binary, _):
             stream = text_stream(binary, path)
             line = next((ln for ln in _bounded_lines(stream, LINE_CAP_FIELDS * _field_limit(),
@@ -765,12 +766,12 @@ def url_list_columns(path, fmt, url_col=None, text_col=None, page_col=None, no_h
         try:
             names = list(json.loads(line))
         except (ValueError, TypeError):
-            raise ValueError(f"{path}: the first line is not a JSON object") from None
+            raise InputError(f"{path}: the first line is not a JSON object") from None
     else:
         with open_url_list(path) as (binary, _):
             names = text_table_header(text_stream(binary, path), path, fmt, no_header)
         if names is None:
-            raise ValueError(f"{path}: no readable row")
+            raise InputError(f"{path}: no readable row")
     return pick_columns(names, url_col, text_col, page_col, path, no_header)
 
 

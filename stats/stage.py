@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipforge.schemas.files import read_stats, write_json_atomic
 from clipforge.stats import collect, plots, report
+from clipforge.errors import InputError, MissingInput
 
 MARKERS = {"queries": "queries_stats.json", "pairs": "crawl_stats.json", "shards": "shard_stats.json"}
 
@@ -26,15 +27,15 @@ def find_outputs(dirs) -> dict:
     found = {}
     for d in map(Path, dirs):
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such directory")
+            raise MissingInput(f"{d}: no such directory")
         for candidate in [d] + sorted(p for p in d.iterdir() if p.is_dir()):
             for kind, marker in MARKERS.items():
                 if (candidate / marker).exists():
                     if kind in found and found[kind] != candidate:
-                        raise ValueError(f"two {kind} outputs: {found[kind]} and {candidate}; pass one")
+                        raise InputError(f"two {kind} outputs: {found[kind]} and {candidate}; pass one")
                     found[kind] = candidate
     if not found:
-        raise ValueError(f"no stage outputs in {', '.join(map(str, dirs))} (looked for {', '.join(MARKERS.values())})")
+        raise InputError(f"no stage outputs in {', '.join(map(str, dirs))} (looked for {', '.join(MARKERS.values())})")
     return found
 
 

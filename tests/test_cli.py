@@ -157,3 +157,63 @@ def test_headerless_lists_are_in_the_help(command):
     r = run(command, "--help")
     assert r.returncode == 0 and "--no-header" in r.stdout and "--page-url-col" in r.stdout
     assert "--url-col 2 --text-col 1" in " ".join(r.stdout.split())  # whatever the wrapping
+
+
+# --- demo-mode defaults: only where the user gave no value, however the flag was written ----------
+
+def _flags(*argv):
+    from clipforge.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv", [["queries", "--min-pmi=5"], ["queries", "--min-pmi", "5"]])
+def test_a_given_min_pmi_is_kept_in_demo_mode(argv):
+    """`clipforge queries --min-pmi=5` with no inputs (the demo mode) uses 5, not the demo's 3."""
+    from clipforge.demo.chain import DEMO_MIN_PMI
+    from clipforge.stages import queries_config
+
+    cfg = queries_config(_flags(*argv))
+    assert cfg.min_pmi == 5 and cfg.wiki and cfg.out == "data/demo/queries"
+    assert queries_config(_flags("queries")).min_pmi == DEMO_MIN_PMI
+    assert queries_config(_flags("queries", "--text", "t.txt")).min_pmi == 30.0
+
+
+def test_given_sizes_and_caps_are_kept_in_demo_mode():
+    from clipforge.demo.chain import DEMO_IMAGE_SIZE, DEMO_MAX_PER_QUERY, DEMO_SAMPLES_PER_SHARD, pick_defaults
+
+    shard = pick_defaults(_flags("shard", "--image-size=128", "--samples-per-shard=7"), demo=True)
+    assert (shard.image_size, shard.samples_per_shard) == (128, 7)
+    shard = pick_defaults(_flags("shard"), demo=True)
+    assert (shard.image_size, shard.samples_per_shard) == (DEMO_IMAGE_SIZE, DEMO_SAMPLES_PER_SHARD)
+    assert pick_defaults(_flags("shard"), demo=False).image_size == 256
+    assert pick_defaults(_flags("crawl", "--max-per-query=7"), demo=True).max_per_query == 7
+    assert pick_defaults(_flags("crawl"), demo=True).max_per_query == DEMO_MAX_PER_QUERY
+    assert pick_defaults(_flags("crawl", "--input", "x.wat.gz"), demo=False).max_per_query == 20_000
+
+
+def test_help_shows_the_regular_and_the_demo_defaults():
+    for command, texts in (("queries", ["(default: 30.0; demo 3.0)"]), ("crawl", ["(default: 20,000; demo 200)"]),
+                           ("shard", ["(default: 256; demo 64)", "(default: 10,000; demo 1,000)"])):
+        help_text = " ".join(run(command, "--help").stdout.split())
+        for text in texts:
+            assert text in help_text, (command, text)
+
+
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from clipforge import cli, stages
+    from clipforge.errors import InputError
+
+    def bad_input(a):
+        raise InputError("x.tar: not a shard")
+
+    monkeypatch.setattr(stages, "stats", bad_input)
+    assert cli.main(["stats"]) == 1
+    assert capsys.readouterr().err == "clipforge: error: x.tar: not a shard\n"
+
+    def bug(a):
+        raise ValueError("a bug, not the user's")
+
+    monkeypatch.setattr(stages, "stats", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["stats"])

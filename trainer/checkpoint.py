@@ -65,14 +65,14 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     if p.is_dir():
         found = latest_checkpoint(p)
         if found is None:
-            raise FileNotFoundError(f"{p}: no checkpoint in {p / CKPT_DIR}")
+            raise MissingInput(f"{p}: no checkpoint in {p / CKPT_DIR}")
         return found
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
+        raise MissingInput(f"{p}: no such checkpoint")
     return p
 
 
-from clipforge.errors import UserError  # noqa: E402
+from clipforge.errors import InputError, MissingInput, UserError  # noqa: E402
 
 
 class UnsafeCheckpoint(UserError, ValueError):
@@ -173,12 +173,12 @@ def read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
     with zipfile.ZipFile(path) as z:
         pkl = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
-            raise ValueError(f"{path}: not a TorchScript archive (no data.pkl)")
+            raise InputError(f"{path}: not a TorchScript archive (no data.pkl)")
         prefix = pkl[0][: -len("data.pkl")]
         declared = _declared_state(z, prefix)
         root = _WeightsUnpickler(z.read(pkl[0]), z, prefix).load()
     if not isinstance(root, _Script):
-        raise ValueError(f"{path}: a TorchScript archive without a module")
+        raise InputError(f"{path}: a TorchScript archive without a module")
     state, stack = OrderedDict(), [("", root)]
     while stack:
         name, obj = stack.pop()
@@ -248,14 +248,14 @@ def load_checkpoint(path: Path) -> dict:
             what = f"it would import {unsupported.group(1)}" if unsupported else "it holds more than weights"
             raise UnsafeCheckpoint(f"{path}: refused: {what}; clipforge loads weights only and never runs code "
                                    "from a checkpoint") from None
-        raise ValueError(f"{path}: not a checkpoint (UnpicklingError: {first})") from None
+        raise InputError(f"{path}: not a checkpoint (UnpicklingError: {first})") from None
     except Exception as e:   # pickle and zip errors have many types
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a checkpoint ({type(e).__name__}: {first})") from None
+        raise InputError(f"{path}: not a checkpoint ({type(e).__name__}: {first})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return upgrade_token_ids(obj)
     if isinstance(obj, dict) and "state_dict" in obj:     # open_clip's training checkpoints
         return {"model": obj["state_dict"]}
     if isinstance(obj, dict) and any(k.endswith("token_embedding.weight") for k in obj):
         return {"model": obj}
-    raise ValueError(f"{path}: not a CLIP checkpoint (no model weights with OpenAI's parameter names)")
+    raise InputError(f"{path}: not a CLIP checkpoint (no model weights with OpenAI's parameter names)")

@@ -39,7 +39,7 @@ from clipforge.trainer.model import CLIP_MEAN, CLIP_STD
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-from clipforge.errors import UserError  # noqa: E402
+from clipforge.errors import InputError, MissingInput, UserError  # noqa: E402
 
 
 class NoUsableSamples(UserError, RuntimeError):
@@ -63,19 +63,19 @@ def expand_shards(spec: str | list[str]) -> list[str]:
             if p.is_dir():
                 found = sorted(str(x) for x in p.glob("*.tar"))
                 if not found:
-                    raise FileNotFoundError(f"{p}: no .tar shards in this directory")
+                    raise MissingInput(f"{p}: no .tar shards in this directory")
                 urls += found
             elif any(c in url for c in "*?["):
                 found = sorted(glob.glob(url))
                 if not found:
-                    raise FileNotFoundError(f"{url}: no file matches")
+                    raise MissingInput(f"{url}: no file matches")
                 urls += found
             elif p.exists():
                 urls.append(url)
             else:
-                raise FileNotFoundError(f"{url}: no such shard")
+                raise MissingInput(f"{url}: no such shard")
     if not urls:
-        raise FileNotFoundError(f"{spec}: no shards")
+        raise MissingInput(f"{spec}: no shards")
     return urls
 
 
@@ -222,7 +222,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.state is None:
             return slot, n
         if self.state.workers != n:
-            raise ValueError(f"resuming needs the same loader worker count ({self.state.workers}, not {n})")
+            raise InputError(f"resuming needs the same loader worker count ({self.state.workers}, not {n})")
         return (self.state.last_worker + 1 + slot) % n, n
 
     def _rng(self, *parts, per_rank: bool = True) -> random.Random:

@@ -15,12 +15,18 @@ import numpy as np
 import torch
 
 from clipforge.trainer.data import expand_shards, load_image, sample_image, sample_text
+from clipforge.errors import InputError, MissingInput
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 def read_lines(path: str | Path) -> list[str]:
-    lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError as e:
+        raise MissingInput(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(str(e)) from None
     return [x for x in lines if x and not x.startswith("#")]
 
 
@@ -30,10 +36,10 @@ def image_folder(root: str | Path, classnames_file: str | Path | None = None):
     """(files, labels, class names): one folder per class, sorted; names from the folders or a file."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such ImageFolder directory")
+        raise MissingInput(f"{root}: no such ImageFolder directory")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
-        raise ValueError(f"{root}: no class folders (expected ROOT/CLASS/IMAGE)")
+        raise InputError(f"{root}: no class folders (expected ROOT/CLASS/IMAGE)")
     files, labels = [], []
     for i, folder in enumerate(folders):
         for f in sorted(folder.rglob("*")):
@@ -41,12 +47,12 @@ def image_folder(root: str | Path, classnames_file: str | Path | None = None):
                 files.append(f)
                 labels.append(i)
     if not files:
-        raise ValueError(f"{root}: no images in its class folders")
+        raise InputError(f"{root}: no images in its class folders")
     names = [f.name.replace("_", " ") for f in folders]
     if classnames_file:
         given = read_lines(classnames_file)
         if len(given) != len(folders):
-            raise ValueError(f"{classnames_file}: {len(given)} class names for {len(folders)} class folders")
+            raise InputError(f"{classnames_file}: {len(given)} class names for {len(folders)} class folders")
         names = given
     return files, labels, names
 
@@ -162,12 +168,17 @@ def parquet_pairs(path: str | Path, size: int, batch_size: int = 256):
 
     def batches():
         for f in files:
-            pf = pq.ParquetFile(f)
+            try:
+                pf = pq.ParquetFile(f)
+            except FileNotFoundError as e:
+                raise MissingInput(str(e)) from None
+            except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
+                raise InputError(str(e)) from None
             names = pf.schema_arrow.names
             image_col = next((c for c in ("jpg", "image", "png", "webp") if c in names), None)
             text_col = next((c for c in ("caption", "text", "txt") if c in names), None)
             if image_col is None or text_col is None:
-                raise ValueError(f"{f}: parquet pairs need an image-bytes column (jpg/image) and a caption column")
+                raise InputError(f"{f}: parquet pairs need an image-bytes column (jpg/image) and a caption column")
             key_col = "key" if "key" in names else None
             for rb in pf.iter_batches(batch_size=batch_size, columns=[c for c in (image_col, text_col, key_col) if c]):
                 images, values, keys = [], [], []

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipforge.errors import InputError
+
 # CLIP's image normalisation (the mean and std of its training images).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,7 +88,7 @@ def model_config(name: str) -> CLIPConfig:
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(CONFIGS)}") from None
+        raise InputError(f"unknown model {name!r}; known: {', '.join(CONFIGS)}") from None
 
 
 class QuickGELU(nn.Module):

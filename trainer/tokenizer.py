@@ -33,6 +33,8 @@ import numpy as np
 import regex
 import torch
 
+from clipforge.errors import InputError
+
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 CLIP_MERGES = 49152 - 256 - 2   # how many of its file's merges CLIP's tokenizer reads
 HEADER = "#version: 0.2 clipforge"
@@ -93,21 +95,21 @@ def read_merges(path: str | Path) -> list[tuple[str, str]]:
         with opener(path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a BPE merges file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a BPE merges file ({type(e).__name__}: {e})") from None
     header, body = (lines[0], lines[1:]) if lines and _is_header(lines[0]) else ("", lines)
     merges = [tuple(line.split()) for line in body if line.strip()]
     bad = next((i for i, m in enumerate(merges) if len(m) != 2), None)
     if bad is not None:
-        raise ValueError(f"{path}: not a BPE merges file (a line is not two space-separated symbols: "
+        raise InputError(f"{path}: not a BPE merges file (a line is not two space-separated symbols: "
                          f"{' '.join(merges[bad])[:60]!r})")
     if not header.startswith(HEADER):
         merges = merges[:CLIP_MERGES]   # CLIP's released file: CLIP reads only its first merges
     if not merges:
-        raise ValueError(f"{path}: no merges")
+        raise InputError(f"{path}: no merges")
     try:
         check_merges(merges)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     return merges
 
 
@@ -117,10 +119,10 @@ def check_merges(merges: list[tuple[str, str]]):
     known = symbols | {s + "</w>" for s in symbols}
     for i, m in enumerate(merges):
         if len(m) != 2:
-            raise ValueError(f"not a BPE vocabulary: merge {i + 1} is not a pair of symbols ({repr(m)[:60]})")
+            raise InputError(f"not a BPE vocabulary: merge {i + 1} is not a pair of symbols ({repr(m)[:60]})")
         a, b = m
         if a not in known or b not in known:
-            raise ValueError(f"not a BPE vocabulary: merge {i + 1} ({a} {b!s:.40}) joins a symbol that neither a "
+            raise InputError(f"not a BPE vocabulary: merge {i + 1} ({a} {b!s:.40}) joins a symbol that neither a "
                              "byte nor an earlier merge makes")
         known.add(a + b)
 
@@ -140,7 +142,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 49408, min_frequency: int 
     from tokenizers import models, pre_tokenizers, trainers
 
     if vocab_size <= 514:
-        raise ValueError("vocab_size must exceed 514 (512 byte symbols and two special tokens)")
+        raise InputError("vocab_size must exceed 514 (512 byte symbols and two special tokens)")
     tok = HFTokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.pre_tokenizer = _byte_level()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
@@ -183,7 +185,7 @@ class Tokenizer:
             try:
                 hf = HFTokenizer(models.BPE(vocab=ids, merges=self.merges, end_of_word_suffix="</w>"))
             except Exception as e:   # check_merges should have caught it; still one line, no traceback
-                raise ValueError(f"not a BPE vocabulary ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                raise InputError(f"not a BPE vocabulary ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             hf.pre_tokenizer = _byte_level()
             self._hf = hf
         return self._hf

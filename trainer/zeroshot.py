@@ -20,6 +20,7 @@ from clipforge.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from clipforge.trainer.data import normalize_images
 from clipforge.trainer.model import CLIP, CLIPConfig, config_from_openai_state_dict, openai_state_dict
 from clipforge.trainer.tokenizer import Tokenizer, read_merges
+from clipforge.errors import InputError
 
 # Our default prompt set: the label in the phrasings web captions use for photos and pictures.
 TEMPLATES = (
@@ -49,7 +50,7 @@ def read_templates(path: str | Path) -> list[str]:
     templates = read_lines(path)
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-        raise ValueError(f"{path}: each template needs exactly one {{}} for the class name"
+        raise InputError(f"{path}: each template needs exactly one {{}} for the class name"
                          f"{f' (not: {bad[0]!r})' if bad else ' (no templates)'}")
     return templates
 
@@ -68,12 +69,12 @@ def load_model(checkpoint: str | Path, bpe: str | Path | None = None, device="cp
         sd = openai_state_dict(ck["model"])
         cfg = config_from_openai_state_dict(sd)
         if not bpe:
-            raise ValueError(f"{path}: OpenAI-format weights carry no vocabulary; pass --bpe "
+            raise InputError(f"{path}: OpenAI-format weights carry no vocabulary; pass --bpe "
                              "(CLIP's bpe_simple_vocab_16e6.txt.gz)")
         merges = read_merges(bpe)
     tokenizer = Tokenizer(merges, cfg.text.context_length)
     if tokenizer.vocab_size != cfg.text.vocab_size:
-        raise ValueError(f"{path}: the model has {cfg.text.vocab_size} token ids, the vocabulary {tokenizer.vocab_size}")
+        raise InputError(f"{path}: the model has {cfg.text.vocab_size} token ids, the vocabulary {tokenizer.vocab_size}")
     model = CLIP(cfg)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return model.to(device).eval(), tokenizer
@@ -153,10 +154,10 @@ def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATE
         logits.append(image_embeddings(model, images, device) @ classes.T)
         labels.append(torch.as_tensor(y))
     if not logits:
-        raise ValueError("the evaluation set has no usable image")
+        raise InputError("the evaluation set has no usable image")
     top = int(torch.cat(labels).max())
     if top >= len(classnames) or int(torch.cat(labels).min()) < 0:
-        raise ValueError(f"the evaluation set has label {top}, but there are {len(classnames)} class names")
+        raise InputError(f"the evaluation set has label {top}, but there are {len(classnames)} class names")
     result = classification_metrics(torch.cat(logits).cpu(), torch.cat(labels).long(), classnames)
     result["templates"] = len(templates)
     return result
@@ -185,7 +186,7 @@ def evaluate_wds(model, tokenizer, shards, classnames_file, templates=TEMPLATES,
     from clipforge.trainer.evalsets import read_lines, shard_samples
 
     if not classnames_file:
-        raise ValueError("--wds needs --classnames (one class name per line, in label order)")
+        raise InputError("--wds needs --classnames (one class name per line, in label order)")
     names = read_lines(classnames_file)
     batches, skipped = shard_samples(shards, model.image_size, "label", batch_size, workers)
     pairs = ((b["images"], torch.tensor(b["values"])) for b in batches)
@@ -203,7 +204,7 @@ def evaluate_retrieval(model, tokenizer, shards, device="cpu", batch_size=256, w
         images.append(image_embeddings(model, b["images"], device))
         texts.append(text_embeddings(model, tokenizer, b["values"], device))
     if not images:
-        raise ValueError(f"{shards}: no usable image-text pair")
+        raise InputError(f"{shards}: no usable image-text pair")
     result = retrieval_metrics(torch.cat(images).cpu(), torch.cat(texts).cpu())
     result["skipped"] = dict(skipped)
     return result

@@ -1,0 +1,87 @@
+"""The prose of `clipforge --help` and of each command's --help (clipforge.cli builds the parsers)."""
+
+EXAMPLES = """\
+The stages, in order (each reads the one before it):
+  queries   Wikipedia dump + pageviews + WordNet -> queries/ (query list)
+  crawl     WAT/WARC/URL lists + query list      -> pairs/ (matched, balanced pairs)
+  shard     pairs                                -> shards/ (WebDataset tars)
+  stats     stage outputs                        -> reports/ (HTML and Markdown report)
+  train     shards                               -> runs/NAME/ (CLIP checkpoints)
+  eval      checkpoint + labelled images         -> zero-shot accuracy, retrieval recall
+  score     checkpoint + pairs                   -> CLIP score of each pair (parquet)
+  demo      all of the above on an offline demo web served on 127.0.0.1
+
+Every stage run with no arguments works on the demo web (data/demo/).
+Try:  clipforge demo generate && clipforge demo serve
+"""
+
+BEAM_HELP = ("Beam's own flags pass through: without --runner the stage runs on the local FnApiRunner\n"
+             "with one process per core; e.g. --runner=FlinkRunner --flink_master=HOST:8081, or\n"
+             "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp.")
+
+# Each command's description, as --help prints it (RawDescriptionHelpFormatter: the line breaks are kept).
+HELP = {
+    'queries': """\
+Build the query list CLIP describes: words occurring at least --min-count times in
+the corpus, bigrams with PMI >= --min-pmi (PMI = log2(N*c(ab)/(c(a)*c(b))), N = word
+tokens), Wikipedia titles with at least --min-views page views, WordNet lemmas, and
+entries of an existing metadata.json. Writes queries.parquet, metadata.json (MetaCLIP's
+format) and queries_stats.json to --out.
+
+With no inputs it builds the demo web's list (generating the demo web if needed).""",
+    'crawl': """\
+Read image links with their alt text from Common Crawl WARC and WAT files and from URL
+lists; clean the texts, identify their language (fastText lid.176), keep those that
+contain a query (MetaCLIP's matching), drop duplicates, and balance so that no query
+keeps more than about --max-per-query pairs. Writes pairs-*.parquet (also an img2dataset
+URL list), query_counts.parquet and crawl_stats.json to --out.
+
+With no --input it crawls the demo web's WAT file with the demo query list (building
+both if needed).""",
+    'shard': """\
+Fetch every pair's image (many requests per worker, connection reuse, timeouts, an
+overall deadline, a byte cap, bounded redirects, retries for transient errors, a
+per-host limit, X-Robots-Tag noai respected, private addresses refused), check it
+(pixel cap before decoding, minimum size, aspect ratio), resize it, and write
+NNNNNN.tar (KEY.jpg, KEY.txt, KEY.json), NNNNNN.parquet (every pair with its status),
+sizes.json and shard_stats.json. A rerun resumes: finished shards are kept.
+
+With no --pairs it shards the demo web's pairs, serving the demo web meanwhile.""",
+    'train': """\
+Stream WebDataset shards (ours, img2dataset's, any with KEY.jpg + KEY.txt) and train CLIP:
+symmetric InfoNCE, AdamW, cosine schedule with warm-up, features gathered across ranks.
+The run directory gets bpe.txt.gz (the tokenizer, learned from the captions unless --bpe),
+checkpoints/step_*.pt (atomic, last --keep kept), metrics.jsonl, tensorboard/ and
+train_stats.json. --resume continues at the exact step and sample.
+
+With no --train-data it trains the tiny model on the demo web's shards.
+Several GPUs or nodes: torchrun --nproc-per-node N -m clipforge train ... (make train NPROC=N).""",
+    'eval': """\
+Zero-shot classification (top-1, top-5, mean per-class recall, confusion matrix plot) on
+ImageFolder trees or labelled WebDataset shards (.cls, or label in .json), with class
+embeddings from an ensemble of prompt templates; image<->text recall@1/5/10 on paired
+shards. Writes eval.json (every metric) and confusion_*.png; prints a short table.
+
+With no arguments: the demo run's latest checkpoint on the demo world's held-out sets.""",
+    'score': """\
+The cosine similarity of each pair's image and text embeddings, the CLIP-score
+filter LAION and DataComp used; writes scores.parquet (key, caption, similarity)
+to --out, a directory as for eval.""",
+    'stats': """\
+Read what the stages wrote (queries_stats.json, crawl_stats.json, pairs-*.parquet,
+query_counts.parquet, shard index parquets, sizes.json, the tars) and write report.html
+(self-contained), report.md, the plots as PNG and stats.json: funnels, per-query counts
+before and after balancing, sources, languages, sizes, failures, shards, a contact sheet.
+
+With no --data it reports on the demo run (data/demo/) into data/demo/reports/.""",
+    'demo': """\
+The demo web: a generated, deterministic world of pages, images, WARC/WAT
+files, a URL list, a Wikipedia-format dump, pageviews and a WordNet lexicon,
+served on 127.0.0.1. With no action, run the whole chain on it: world, query
+list, crawl, shard, stats, train (tiny model), zero-shot eval; about 6 minutes on
+two cores the first time, finished stages are reused afterwards.""",
+    'demo generate': """\
+Write a demo world. The same seed, size and port give the same bytes.""",
+    'demo serve': """\
+Serve a generated world's pages, images and messy cases on loopback.""",
+}

@@ -1,0 +1,197 @@
+"""The demo: every stage on the demo web, and the defaults a stage takes when run with no inputs.
+
+A stage run with no inputs works on the demo web (data/demo/): it builds what it reads if that is
+missing (the world, then the query list, the pairs, the shards), and some of its flags default to
+values sized for the small demo web. Those flags default to None on the command line;
+``pick_defaults`` picks the regular or the demo value only where the user gave none.
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from clipforge.errors import UserError
+
+DEFAULT_WORLD = Path("data/demo/world")
+DEMO_QUERIES = Path("data/demo/queries")
+DEMO_PAIRS = Path("data/demo/pairs")
+DEMO_SHARDS = Path("data/demo/shards")
+DEMO_REPORTS = Path("data/demo/reports")
+DEMO_RUN = Path("data/demo/runs/tiny")
+
+# Bigram PMI in the demo corpus peaks near 9 (log2), so CLIP's threshold of 30 would keep none.
+DEMO_MIN_PMI = 3.0
+# The demo web is small: a cap of 200 pairs per query shows balancing at work on it.
+DEMO_MAX_PER_QUERY = 200
+DEMO_IMAGE_SIZE = 64
+DEMO_SAMPLES_PER_SHARD = 1000
+
+# Flags whose default depends on the mode: (regular, demo).
+MODE_DEFAULTS = {
+    "min_pmi": (30.0, DEMO_MIN_PMI),
+    "max_per_query": (20_000, DEMO_MAX_PER_QUERY),
+    "image_size": (256, DEMO_IMAGE_SIZE),
+    "samples_per_shard": (10_000, DEMO_SAMPLES_PER_SHARD),
+}
+# train's, keyed by TrainConfig's field names. The demo's tiny run: a few minutes on two CPU cores.
+TRAIN_DEFAULTS = {"model": "ViT-B-32", "batch_size": 256, "epochs": 1, "lr": 5e-4, "weight_decay": 0.2,
+                  "save_every": 500, "log_every": 10}
+DEMO_TRAIN = {"model": "tiny", "batch_size": 128, "epochs": 16, "lr": 1e-3, "weight_decay": 0.1,
+              "save_every": 100, "log_every": 20}
+
+
+def pick_defaults(a, demo):
+    """A copy of the flag values ``a`` with every mode-dependent flag left None (not given) set to
+    its regular or, with ``demo``, its demo default. A value the user gave is kept, however written."""
+    a = argparse.Namespace(**vars(a))
+    for name, (regular, demo_value) in MODE_DEFAULTS.items():
+        if getattr(a, name, 0) is None:
+            setattr(a, name, demo_value if demo else regular)
+    return a
+
+
+def default_help(name, unit=""):
+    regular, demo = MODE_DEFAULTS[name]
+    return f"(default: {regular:,}{unit}; demo {demo:,}{unit})"
+
+
+# --- what a stage run on the demo web reads, built when missing -----------------------------------
+
+def ensure_world(world=DEFAULT_WORLD):
+    if not (Path(world) / "manifest.json").exists():
+        generate(Path(world))
+    return Path(world)
+
+
+def _flags(command):
+    """The flag values of ``command`` run with no arguments (the demo mode), as the parser defines them."""
+    from clipforge.cli import flag_defaults
+
+    return flag_defaults(command)
+
+
+def ensure_queries():
+    from clipforge import stages
+
+    if not (DEMO_QUERIES / "queries.parquet").exists():
+        stages.queries(_flags("queries"), [])
+
+
+def ensure_pairs():
+    from clipforge import stages
+
+    if not (DEMO_PAIRS / "crawl_stats.json").exists():
+        stages.crawl(_flags("crawl"), [])
+
+
+def ensure_shards(marker="sizes.json"):
+    from clipforge import stages
+
+    if not (DEMO_SHARDS / marker).exists():
+        stages.shard(_flags("shard"), [])
+
+
+# --- demo generate, demo serve, demo (the chain) --------------------------------------------------
+
+def generate(out=DEFAULT_WORLD, seed=0, size=4000, port=0, heldout_per_class=20, force=False):
+    from clipforge.demo.world import GENERATOR_VERSION, WorldConfig, load_manifest
+    from clipforge.demo.world import generate as write_world
+
+    if size < 20:
+        raise UserError(f"--size must be at least 20, got {size}")
+    if not 0 <= port < 65536:
+        raise UserError(f"--port must be between 0 and 65535, got {port}")
+    if (out / "manifest.json").exists() and not force:
+        m = load_manifest(out)
+        same = (m.get("generator_version"), m["seed"], m["size"]) == (GENERATOR_VERSION, seed, size)
+        if same and (port in (0, m["port"])):
+            print(f"demo world already at {out} (seed {seed}, size {size}, {m['base_url']}); --force to rebuild")
+            return 0
+    t = time.time()
+    print(f"generating the demo world: seed {seed}, {size} images -> {out}", flush=True)
+    m = write_world(WorldConfig(out=out, seed=seed, size=size, port=port, heldout_per_class=heldout_per_class))
+    c = m["counts"]
+    print(f"  {c['images']} images on {c['pages']} pages ({c['img_tags']} <img> tags), "
+          f"{len(m['messy'])} messy cases, {c['wiki_articles']} wiki articles, "
+          f"{c['heldout_shape']}+{c['heldout_colour']} held-out images")
+    print(f"  base URL {m['base_url']}; done in {time.time() - t:.1f} s")
+    return 0
+
+
+def serve(world=DEFAULT_WORLD, host="127.0.0.1", port=None):
+    from clipforge.demo.server import DemoServer
+
+    DemoServer(world, host=host, port=port).serve_until_signal()
+    return 0
+
+
+def run_chain(world=DEFAULT_WORLD, seed=0, size=4000, fresh=False, epochs=None):
+    """Every stage on the demo web, reusing finished ones: the README's first command."""
+    from clipforge import stages
+    from clipforge.demo.server import DemoServer
+    from clipforge.demo.world import load_manifest
+
+    if Path(world) != DEFAULT_WORLD:
+        raise UserError(f"the chain runs on {DEFAULT_WORLD}; for another world use `clipforge demo generate --out`")
+    if epochs is not None and epochs < 1:
+        raise UserError("--epochs must be positive")
+    t0 = time.time()
+    if fresh:
+        for d in (DEMO_QUERIES, DEMO_PAIRS, DEMO_SHARDS, DEMO_REPORTS, DEMO_RUN):
+            shutil.rmtree(d, ignore_errors=True)
+    banner = lambda n, what: print(f"\n== [{n}/7] {what} ({_elapsed(t0)}) ==", flush=True)   # noqa: E731
+    banner(1, "demo web")
+    generate(Path(world), seed=seed, size=size, force=fresh)
+    m = load_manifest(world)
+    import requests
+
+    with DemoServer(world) as srv, requests.Session() as s:
+        ok = sum(s.get(srv.url(f"pages/p{p:05d}.html"), timeout=5).status_code == 200
+                 for p in range(m["counts"]["pages"]))
+        print(f"demo web up at {srv.base_url}/: {ok}/{m['counts']['pages']} pages answer")
+    # Each stage is reused when its outputs exist (--fresh starts over); shard and train resume by themselves.
+    banner(2, "query list")
+    if not (DEMO_QUERIES / "queries_stats.json").exists():
+        stages.queries(_flags("queries"), [])
+    else:
+        print(f"queries: reusing {DEMO_QUERIES}")
+    banner(3, "crawl")
+    if not (DEMO_PAIRS / "crawl_stats.json").exists():
+        stages.crawl(_flags("crawl"), [])
+    else:
+        print(f"crawl: reusing {DEMO_PAIRS}")
+    banner(4, "shard")
+    stages.shard(_flags("shard"), [])
+    banner(5, "stats")
+    stages.stats(_flags("stats"))
+    banner(6, "train")
+    train = _flags("train")
+    train.epochs = epochs
+    if (DEMO_RUN / "train_stats.json").exists():
+        print(f"train: reusing {DEMO_RUN} (finished)")
+    else:
+        from clipforge.trainer.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(DEMO_RUN) is not None:
+            print(f"train: resuming {DEMO_RUN}")
+            train.resume = "latest"
+        stages.train(train)
+    banner(7, "zero-shot eval")
+    stages.evaluate(_flags("eval"))
+    results = json.loads((DEMO_RUN / "eval" / "eval.json").read_text())["results"]
+    print(f"\nclipforge demo: done in {_elapsed(t0)}. Outputs:")
+    for what, where in (("demo web", world), ("query list", DEMO_QUERIES), ("pairs", DEMO_PAIRS),
+                        ("shards", DEMO_SHARDS), ("report", DEMO_REPORTS / "report.html"),
+                        ("run", DEMO_RUN), ("eval", DEMO_RUN / "eval" / "eval.json")):
+        print(f"  {what:<11} {where}")
+    for name, r in results.items():
+        print(f"zero-shot {name}: top-1 {100 * r['top1']:.1f}% on {r['samples']} held-out images "
+              f"({r['classes']} classes, chance {100 * r['chance_top1']:.1f}%, {r['top1'] / r['chance_top1']:.1f}x chance)")
+    return 0
+
+
+def _elapsed(t0):
+    s = int(time.time() - t0)
+    return f"{s // 60}m{s % 60:02d}s"
