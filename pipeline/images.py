@@ -2,9 +2,16 @@
 
 ``process(body, cfg)`` returns an ``Image`` record or a drop reason: ``image_undecodable``,
 ``image_too_many_pixels`` (checked from the header, before any pixel is decoded: the
-decompression-bomb guard), ``image_too_small`` or ``aspect_ratio_too_large``. Decoding uses
-JPEG draft mode when the image is to be shrunk by 2x or more (libjpeg scales while it
-decodes), applies the EXIF orientation, and flattens transparency onto white.
+decompression-bomb guard), ``image_too_small`` or ``aspect_ratio_too_large``.
+
+JPEGs in RGB or grey that are resized go through libjpeg-turbo (``simplejpeg``): decoded
+straight at the smallest of its scales (n/8, n = 1..16) that is still at least the target size,
+so the inverse DCT and colour conversion run on few pixels, then resampled by OpenCV and
+encoded by libjpeg-turbo (4:2:0, as Pillow does at these qualities). Everything else (other
+formats, CMYK, a JPEG libjpeg-turbo flags as damaged) goes through Pillow, with JPEG draft
+mode when the image shrinks by 2x or more. Both apply the EXIF orientation (read by Pillow from
+the header) and compute the output size from the original size; Pillow flattens transparency
+onto white.
 """
 
 import hashlib
@@ -12,8 +19,11 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import math
+
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "no")
@@ -62,6 +72,13 @@ def process(body, cfg):
         return "image_too_small"
     if max(w, h) / max(1, min(w, h)) > cfg.max_aspect_ratio:
         return "aspect_ratio_too_large"
+    if img.format == "JPEG" and img.mode in ("RGB", "L") and cfg.resize_mode != "no":
+        arr = _turbo_decode(body, img.size, cfg.image_size / min(w, h), orientation)
+        if arr is not None:
+            arr = _resize_array(arr, (w, h), cfg)
+            jpg = simplejpeg.encode_jpeg(np.ascontiguousarray(arr), quality=cfg.quality, colorspace="RGB",
+                                         colorsubsampling="420")
+            return Encoded(jpg, arr.shape[1], arr.shape[0], w, h, hashlib.sha256(jpg).hexdigest())
     try:
         if img.format == "JPEG" and cfg.resize_mode != "no":
             scale = cfg.image_size / min(w, h)
@@ -77,6 +94,41 @@ def process(body, cfg):
     img.save(buf, "JPEG", quality=cfg.quality)
     jpg = buf.getvalue()
     return Encoded(jpg, img.width, img.height, w, h, hashlib.sha256(jpg).hexdigest())
+
+
+# EXIF orientation -> the same transform as ImageOps.exif_transpose, on an (h, w, 3) array
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, 3), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+           8: lambda a: np.rot90(a, 1)}
+
+
+def _turbo_decode(body, stored_size, scale, orientation):
+    """The JPEG decoded by libjpeg-turbo at the smallest scale whose size is still at least
+    ``scale`` times the stored size (and at most full size), oriented; None when libjpeg-turbo
+    reports the data damaged (a warning counts: Pillow then decides, as for every other image)."""
+    sw, sh = stored_size
+    try:
+        arr = simplejpeg.decode_jpeg(body, "rgb", min_width=min(sw, math.ceil(sw * scale)),
+                                     min_height=min(sh, math.ceil(sh * scale)), strict=True)
+    except (ValueError, RuntimeError):
+        return None
+    return _ORIENT[orientation](arr) if orientation in _ORIENT else arr
+
+
+def _resize_array(arr, original, cfg):
+    """``_resize`` for an array decoded at some scale of ``original`` (w, h, oriented): the
+    output size is computed from the original, so it does not depend on the decode scale."""
+    w, h = original
+    scale = cfg.image_size / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size != (arr.shape[1], arr.shape[0]):
+        shrink = size[0] / arr.shape[1]
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_CUBIC)
+    if cfg.resize_mode == "center_crop":
+        s = cfg.image_size
+        top, left = (arr.shape[0] - s) // 2, (arr.shape[1] - s) // 2
+        arr = arr[top:top + s, left:left + s]
+    return arr
 
 
 def _rgb(img):
