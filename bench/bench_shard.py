@@ -3,12 +3,18 @@
 nginx (Debian's package) serves a folder of photo-like JPEGs on 127.0.0.1, so the server is
 not the bottleneck; both tools resize to 256 px (keep ratio), encode JPEG quality 95, write
 WebDataset shards, and run 2 processes with 32 threads each. CPU seconds per image are the
-user+system time of each tool's whole process tree.
+user+system time of each tool's whole process tree. Three sets: 800x600, 1600x1200, and sizes
+as the web serves them (300 to 1,900 px a side, most under 1,000). Beside the speed, the
+quality of each tool's images: PSNR against a high-quality reference (Pillow's full decode,
+EXIF orientation applied, LANCZOS to the same size, JPEG at the same quality).
 """
 
 import atexit
+import io
 import json
+import math
 import random
+import tarfile
 import resource
 import shutil
 import signal
@@ -20,7 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFilter
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from bench.harness import Comparison
 
@@ -28,7 +35,8 @@ CLI = str(Path(sys.executable).with_name("clipforge"))
 IMG2DATASET = str(Path(sys.executable).with_name("img2dataset"))
 N_IMAGES = 6_000
 N_BASE = 300  # distinct scenes; each image is a distinct crop, flip and re-encode of one
-SIZES = ((800, 600), (1600, 1200))
+SETS = ("800x600", "1600x1200", "varied")
+QUALITY_SAMPLE = 400  # images per tool compared with the reference
 
 
 def photo_like(rng, w=800, h=600):
@@ -107,27 +115,82 @@ def benchmarks(workdir):
     root.mkdir(exist_ok=True)
     nginx = Nginx(root, workdir).__enter__()
     atexit.register(nginx.__exit__, None, None, None)
-    return [_comparison(workdir, root, nginx.port, w, h) for w, h in SIZES]
+    return [_comparison(workdir, root, nginx.port, name) for name in SETS]
 
 
-def _comparison(workdir, root, port, w, h):
-    rng = random.Random(w)
-    scenes = [photo_like(rng, w + w // 4, h + h // 4) for _ in range(N_BASE)]
-    sub = root / f"{w}x{h}"
+def _varied_size(rng):
+    """A web image's size: the longer side log-normal around 700 px, 300 to 1,900; aspect 1 to 1.8,
+    landscape more often than portrait."""
+    long = int(min(1900, max(300, rng.lognormvariate(math.log(700), 0.45))))
+    short = int(long / rng.uniform(1.0, 1.8))
+    return (long, short) if rng.random() < 0.65 else (short, long)
+
+
+def _make_set(sub, name, rng):
     sub.mkdir(exist_ok=True)
+    if name == "varied":
+        scenes = [photo_like(rng, 2000, 2000) for _ in range(N_BASE // 10)]
+        for i in range(N_IMAGES):
+            w, h = _varied_size(rng)
+            x, y = rng.randrange(2000 - w + 1), rng.randrange(2000 - h + 1)
+            img = scenes[i % len(scenes)].crop((x, y, x + w, y + h))
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            img.save(sub / f"{i:05d}.jpg", "JPEG", quality=rng.choice((65, 72, 80)))
+        return "photo-like JPEGs of web sizes (300-1,900 px a side, most under 1,000)"
+    w, h = map(int, name.split("x"))
+    scenes = [photo_like(rng, w + w // 4, h + h // 4) for _ in range(N_BASE)]
     for i in range(N_IMAGES):
         x, y = rng.randrange(w // 4), rng.randrange(h // 4)
         img = scenes[i % N_BASE].crop((x, y, x + w, y + h))
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         img.save(sub / f"{i:05d}.jpg", "JPEG", quality=rng.choice((85, 90, 92)))
-    kb = sum(p.stat().st_size for p in sub.iterdir()) / N_IMAGES / 1000
-    base = f"http://127.0.0.1:{port}/{w}x{h}"
-    pairs = workdir / f"pairs-{w}"
+    return f"photo-like {w}x{h} JPEGs"
+
+
+def _samples(out_dir):
+    """(url, jpg bytes) of the images in a folder of WebDataset tars (either tool's)."""
+    for tar in sorted(out_dir.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members = {}
+            for m in tf.getmembers():
+                key, _, ext = m.name.rpartition(".")
+                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+            for parts in members.values():
+                if "jpg" in parts and "json" in parts:
+                    yield json.loads(parts["json"])["url"], parts["jpg"]
+
+
+def _decode(jpg):
+    return np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"), dtype=np.float64)
+
+
+def quality(out_dir, root, base, quality_=95, sample=QUALITY_SAMPLE):
+    """Mean PSNR (dB) of a tool's images against the reference resize of their sources."""
+    scores = []
+    for url, jpg in _samples(out_dir):
+        got = _decode(jpg)
+        src = ImageOps.exif_transpose(Image.open(root / url[len(base) + 1:])).convert("RGB")
+        ref = io.BytesIO()
+        src.resize((got.shape[1], got.shape[0]), Image.LANCZOS).save(ref, "JPEG", quality=quality_)
+        mse = np.mean((got - _decode(ref.getvalue())) ** 2)
+        scores.append(10 * math.log10(255 ** 2 / max(mse, 1e-12)))
+        if len(scores) >= sample:
+            break
+    return sum(scores) / len(scores)
+
+
+def _comparison(workdir, root, port, name):
+    rng = random.Random(7 if name == "varied" else int(name.split("x")[0]))
+    what = _make_set(root / name, name, rng)
+    kb = sum(p.stat().st_size for p in (root / name).iterdir()) / N_IMAGES / 1000
+    base = f"http://127.0.0.1:{port}/{name}"
+    pairs = workdir / f"pairs-{name}"
     pairs.mkdir(exist_ok=True)
     pq.write_table(pa.table({"url": [f"{base}/{i:05d}.jpg" for i in range(N_IMAGES)],
                              "text": [f"a photo number {i}" for i in range(N_IMAGES)]}), pairs / "pairs-00000.parquet")
-    ours_out, peer_out = workdir / f"ours-{w}", workdir / f"i2d-{w}"
+    ours_out, peer_out = workdir / f"ours-{name}", workdir / f"i2d-{name}"
     ours = [CLI, "shard", "--pairs", str(pairs), "--out", str(ours_out), "--allow-private-hosts",
             "--image-size", "256", "--resize-mode", "keep_ratio", "--min-size", "0", "--threads", "32",
             "--per-host", "64", "--samples-per-shard", "1000", "--direct_num_workers=2"]
@@ -147,20 +210,24 @@ def _comparison(workdir, root, port, w, h):
         else:
             got = sum(json.loads(p.read_text())["successes"] for p in peer_out.glob("*_stats.json"))
         if got != N_IMAGES:
-            raise RuntimeError(f"{side} produced {got} of {N_IMAGES} images at {w}x{h}")
+            raise RuntimeError(f"{side} produced {got} of {N_IMAGES} images ({name})")
 
     clean()
     cpu_ours = _cpu_of(ours) / N_IMAGES * 1000
-    clean()
+    q_ours = quality(ours_out, root / name, base)
     cpu_peer = _cpu_of(peer) / N_IMAGES * 1000
-    print(f"  {w}x{h}: CPU ms per image, whole process tree: clipforge {cpu_ours:.2f}, img2dataset {cpu_peer:.2f}")
+    q_peer = quality(peer_out, root / name, base)
+    print(f"  {name}: CPU ms per image, whole process tree: clipforge {cpu_ours:.2f}, img2dataset {cpu_peer:.2f}; "
+          f"PSNR against the reference resize: clipforge {q_ours:.2f} dB, img2dataset {q_peer:.2f} dB")
     return Comparison(
-        name=f"shard: fetch + resize + write, {w}x{h} sources", ours=ours, peer=peer, peer_name="img2dataset 1.47",
+        name=f"shard: fetch + resize + write, {name} sources", ours=ours, peer=peer, peer_name="img2dataset 1.47",
         items=N_IMAGES, unit="images",
-        input=f"{N_IMAGES:,} photo-like {w}x{h} JPEGs (~{kb:.0f} kB) from nginx on 127.0.0.1",
+        input=f"{N_IMAGES:,} {what} (~{kb:.0f} kB) from nginx on 127.0.0.1",
         repeats=2, setup=clean, verify=verify,
         notes=(f"both: 2 processes x 32 threads, 256 px keep-ratio, JPEG q95, 1,000 samples per shard, whole "
                f"command timed including start-up. CPU time per image (start-up included): clipforge "
-               f"{cpu_ours:.2f} ms, img2dataset {cpu_peer:.2f} ms. clipforge decodes JPEGs in draft mode "
-               f"(libjpeg scales by 1/2, 1/4 or 1/8 while decoding) and resamples with OpenCV; img2dataset "
+               f"{cpu_ours:.2f} ms, img2dataset {cpu_peer:.2f} ms. Quality, mean PSNR over {QUALITY_SAMPLE} "
+               f"images against the reference resize (Pillow full decode, LANCZOS, JPEG q95): clipforge "
+               f"{q_ours:.2f} dB, img2dataset {q_peer:.2f} dB. clipforge decodes JPEGs with libjpeg-turbo at "
+               f"the smallest n/8 scale at least the target size and resamples with OpenCV; img2dataset "
                f"decodes at full size."))
