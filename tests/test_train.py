@@ -1,9 +1,12 @@
 """The loader and the training loop on real shards: determinism, bad samples, resume, torchrun."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +48,32 @@ def _run_train(args, env=None, check=True):
 
 def _metrics(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _kill_after_step(args, out, step, timeout=600):
+    """Start `clipforge train ARGS` and SIGKILL its whole process group as soon as its
+    metrics.jsonl logs `step` (read from outside, as an operator would see it). Returns the exit
+    status and the last step logged when it died."""
+    metrics, log = Path(out) / "metrics.jsonl", Path(f"{out}.log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(CLIPFORGE + ["train"] + args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            lines = (metrics.read_text() if metrics.exists() else "").split("\n")[:-1]   # whole lines only
+            if lines and json.loads(lines[-1])["step"] >= step:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            assert proc.poll() is None, f"the run ended before step {step}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s"
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    return proc.returncode, _metrics(out)[-1]["step"]
 
 
 # --- loader ------------------------------------------------------------------------------------
@@ -187,12 +216,16 @@ def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     args = ["--train-data", str(shards), "--model", "tiny", "--batch-size", "32", "--steps", "16", "--workers", "2",
             "--save-every", "4", "--lr", "1e-3", "--shuffle-buffer", "64", "--no-tensorboard"]
     _run_train(args + ["--out", str(tmp_path / "straight")])
-    # Killed with SIGKILL after step 14 (after an epoch boundary at 12, checkpoint at 12); resumed.
-    killed = _run_train(args + ["--out", str(tmp_path / "killed")], env={"CLIPFORGE_TEST_KILL_AT_STEP": "14"},
-                        check=False)
-    assert killed.returncode == -9
-    assert [r["step"] for r in _metrics(tmp_path / "killed")][-1] == 14
-    _run_train(args + ["--out", str(tmp_path / "killed"), "--resume"])
+    # Killed from outside with SIGKILL once it logs step 13 (past the epoch boundary and the
+    # checkpoint at 12, before the one at 16), as a scheduler kills a job; then resumed.
+    killed = tmp_path / "killed"
+    returncode, last = _kill_after_step(args + ["--out", str(killed)], killed, 13)
+    assert returncode == -signal.SIGKILL
+    assert 13 <= last < 16, last
+    assert [r["step"] for r in _metrics(killed)] == list(range(1, last + 1))
+    assert sorted(p.name for p in (killed / "checkpoints").glob("*.pt"))[-1] == "step_00000012.pt"
+    assert not (killed / "train_stats.json").exists()
+    _run_train(args + ["--out", str(killed), "--resume"])
     a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "killed")
     assert [r["step"] for r in b] == list(range(1, 17))
     assert [r["keys"] for r in a] == [r["keys"] for r in b]

@@ -32,10 +32,6 @@ from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai
 from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write_merges
 
 
-# Tests set this to SIGKILL the run after a given step, to prove that resuming loses nothing.
-_KILL_AT_STEP = int(os.environ.get("CLIPFORGE_TEST_KILL_AT_STEP", "0"))
-
-
 from clipforge.errors import UserError  # noqa: E402
 
 
@@ -385,8 +381,6 @@ class Run:
                              f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
                 if step % cfg.save_every == 0 or step == total:
                     self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped)
-                if step == _KILL_AT_STEP:   # crash tests: die as a killed job does, no clean-up
-                    os.kill(os.getpid(), 9)
             del batches, loader
             if ran_out and in_epoch == 0:
                 totals = Counter()
