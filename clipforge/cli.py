@@ -339,9 +339,10 @@ def main(argv=None):
             return args.func(args, extra)
         return args.func(args)
     except UserError as e:
-        # One line: a message that spans lines (a loader worker's re-raised traceback) ends in its own.
-        lines = [x for x in str(e).splitlines() if x.strip()]
-        print(f"clipforge: error: {lines[-1] if lines else type(e).__name__}", file=sys.stderr)
+        # One line: a message that spans lines (DataLoader re-raising a worker's error with its traceback)
+        # ends in the worker's "module.Class: message".
+        lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+        print(f"clipforge: error: {lines[-1].split(f'{type(e).__name__}: ')[-1]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("clipforge: interrupted", file=sys.stderr)
