@@ -16,13 +16,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from clipforge.errors import UserError
 from clipforge.schemas.files import write_json_atomic
-
 from clipforge.trainer.checkpoint import TOKEN_IDS, latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
                                     keys_digest, make_loader, normalize_images)
@@ -30,9 +31,6 @@ from clipforge.trainer.loss import clip_loss
 from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config,
                                      openai_state_dict)
 from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write_merges
-
-
-from clipforge.errors import UserError  # noqa: E402
 
 
 class TrainingError(UserError, RuntimeError):
@@ -77,12 +75,15 @@ class TrainConfig:
     eval_data: str | None = None
     tensorboard: bool = True
     loader_timeout: float = 600.0
+    dist_timeout: float = 60.0       # minutes a collective may wait for the other ranks (NCCL's default: 10)
 
 
 # --- processes --------------------------------------------------------------------------------
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); under torchrun, joins the process group (NCCL on GPUs, gloo on CPUs)."""
+def setup_distributed(timeout_minutes: float = 60.0) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun, joins the process group (NCCL on GPUs, gloo on
+    CPUs) with ``timeout_minutes`` for every collective: rank 0 alone learns a vocabulary or
+    evaluates while the others wait, which can pass NCCL's default of 10 minutes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -90,7 +91,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
@@ -108,6 +109,30 @@ def _mean(x: torch.Tensor) -> float:
         dist.all_reduce(x)
         x /= dist.get_world_size()
     return float(x)
+
+
+def _broadcast(obj):
+    """Rank 0's ``obj`` on every rank (every rank must call it)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _agree(fn):
+    """``fn()`` on every rank; when it raises a TrainingError on any rank, every rank raises one
+    (the lowest failing rank's message), so no rank goes on into a collective the others left."""
+    try:
+        value, error = fn(), None
+    except TrainingError as e:
+        value, error = None, str(e)
+    errors = _gather(error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if failed:
+        rank, message = failed[0]
+        raise TrainingError(message if rank == 0 or len(errors) == 1 else f"rank {rank}: {message}")
+    return value
 
 
 def _gather(obj):
@@ -207,7 +232,7 @@ class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.rank, self.world, self.device = setup_distributed()
+        self.rank, self.world, self.device = setup_distributed(cfg.dist_timeout)
         self.main = self.rank == 0
 
     def log(self, msg: str):
@@ -216,29 +241,30 @@ class Run:
 
     # tokenizer: CLIP's file, the resumed run's, or learned from the captions of the shards.
     def tokenizer(self, urls, context_length: int, resumed: dict | None) -> Tokenizer:
-        cfg, path = self.cfg, self.out / "bpe.txt.gz"
-        if resumed is not None and "bpe_merges" in resumed:
-            merges = resumed["bpe_merges"]
-        elif cfg.bpe:
-            merges = read_merges(cfg.bpe)
-        elif path.exists():
-            merges = read_merges(path)
-        else:
-            merges = None
-            if self.main:
-                vocab = cfg.vocab_size or model_config(cfg.model).text.vocab_size
-                t0 = time.time()
-                merges = train_bpe(read_captions(urls, cfg.bpe_samples), vocab_size=vocab)
-                write_merges(path, merges)
-                self.log(f"tokenizer: {len(merges) + 514:,} ids learned from the shards' captions in "
-                         f"{time.time() - t0:.1f} s -> {path}")
-            if dist.is_initialized():   # every rank gets rank 0's vocabulary, shared disk or not
-                box = [merges]
-                dist.broadcast_object_list(box, src=0)
-                merges = box[0]
+        """Rank 0 decides where the vocabulary comes from and every rank takes rank 0's, whatever
+        the others see on their disks (a rank that finds bpe.txt.gz early must still join)."""
+        path = self.out / "bpe.txt.gz"
+        merges = _agree(lambda: self._merges(urls, resumed, path) if self.main else None)
+        merges = _broadcast(merges)
         if self.main and not path.exists():
             write_merges(path, merges)
         return Tokenizer(merges, context_length)
+
+    def _merges(self, urls, resumed, path):
+        cfg = self.cfg
+        if resumed is not None and "bpe_merges" in resumed:
+            return resumed["bpe_merges"]
+        if cfg.bpe:
+            return read_merges(cfg.bpe)
+        if path.exists():
+            return read_merges(path)
+        vocab = cfg.vocab_size or model_config(cfg.model).text.vocab_size
+        t0 = time.time()
+        merges = train_bpe(read_captions(urls, cfg.bpe_samples), vocab_size=vocab)
+        write_merges(path, merges)
+        self.log(f"tokenizer: {len(merges) + 514:,} ids learned from the shards' captions in "
+                 f"{time.time() - t0:.1f} s -> {path}")
+        return merges
 
     def build_model(self, tokenizer: Tokenizer, init: dict | None) -> CLIP:
         cfg = self.cfg
@@ -266,9 +292,14 @@ class Run:
     def run(self) -> dict:
         cfg = self.cfg
         urls = expand_shards(cfg.train_data)
-        resumed = self._resume_payload()
-        init = load_checkpoint(cfg.init_from) if cfg.init_from and resumed is None else None
-        if resumed is None and self.main and latest_checkpoint(self.out) is not None:
+        # Decisions every rank must share: one rank stopping alone leaves the others in a collective.
+        resumed = _agree(self._resume_payload)
+        steps = _gather(None if resumed is None else resumed.get("step"))
+        if len(set(steps)) > 1:
+            raise TrainingError(f"the ranks resume from different checkpoints (steps {steps}): every rank must "
+                                f"see the same run directory")
+        init = _agree(lambda: self._init_payload(resumed))
+        if _broadcast(resumed is None and self.main and latest_checkpoint(self.out) is not None):
             raise TrainingError(f"{self.out} already has checkpoints; pass --resume to continue it, or choose another --out")
         ctx = model_config(cfg.model).text.context_length
         if init is not None and "model_config" not in init:
@@ -415,6 +446,14 @@ class Run:
             if item.get("images") is not None:
                 return item
         return None
+
+    def _init_payload(self, resumed):
+        if not self.cfg.init_from or resumed is not None:
+            return None
+        try:
+            return load_checkpoint(self.cfg.init_from)
+        except (UserError, FileNotFoundError, ValueError) as e:  # refused or missing: one line, on every rank
+            raise TrainingError(str(e)) from None
 
     def _resume_payload(self) -> dict | None:
         if not self.cfg.resume:
