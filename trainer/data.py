@@ -137,10 +137,22 @@ def normalize_images(images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """uint8 [b, 3, h, w] -> float, scaled to [0, 1] and standardised with CLIP's mean and std.
 
     One conversion and two in-place passes: (x / 255 - mean) / std = x * (1 / (255 std)) - mean / std.
+    The two constants are made once per device and dtype (no host-to-device copy per step).
     """
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    return images.to(dtype).mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    scale, shift = _norm_constants(images.device, dtype)
+    return images.to(dtype).mul_(scale).sub_(shift)
+
+
+_NORM = {}
+
+
+def _norm_constants(device, dtype):
+    key = (str(device), dtype)
+    if key not in _NORM:
+        std = torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+        _NORM[key] = ((1.0 / (255.0 * std)).to(device=device, dtype=dtype), (mean / std).to(device=device, dtype=dtype))
+    return _NORM[key]
 
 
 def sample_text(sample: dict) -> str | None:

@@ -314,8 +314,12 @@ class Run:
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        cuda = self.device.type == "cuda"
+        if cuda:  # TF32 for the fp32 matmuls and convolutions left under autocast (as open_clip does)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         optimizer = torch.optim.AdamW(param_groups(raw, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True if cuda else None)
         if resumed is not None:
             optimizer.load_state_dict(resumed["optimizer"])
 
