@@ -18,11 +18,12 @@ WORLD  ?= data/demo/world
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo world serve queries crawl shard stats train eval bench lock clean distclean openclip-env
+.PHONY: help setup test test-fast demo world serve queries crawl shard stats train eval bench lock clean distclean openclip-env
 
 help:
 	@echo "make demo     run every stage on the offline demo web (sets up first)"
 	@echo "make test     run the test suite (sets up first)"
+	@echo "make test-fast  the suite without the tests marked slow (a few minutes)"
 	@echo "make setup    create $(VENV) and install clipforge with pinned dependencies"
 	@echo "make world    generate the demo web into $(WORLD);  make serve  serve it on 127.0.0.1"
 	@echo "make queries | crawl | shard | stats | train | eval   run one stage (ARGS='...' adds flags)"
@@ -49,6 +50,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite less the tests marked @pytest.mark.slow (the demo chain, multi-process training, big
+# Beam runs, hostile-input probes); `make test` still runs them all.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 world: setup
 	$(BIN)/clipforge demo generate --out $(WORLD) $(ARGS)

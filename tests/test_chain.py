@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 CLI = str(Path(sys.executable).with_name("clipforge"))
-pytestmark = pytest.mark.timeout(1800)   # the first test waits for the whole chain
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # the first test waits for the whole chain
 
 
 @pytest.fixture(scope="module")

@@ -277,6 +277,7 @@ def demo_queries(world_dir, tmp_path_factory):
     return load_queries(str(out))
 
 
+@pytest.mark.slow
 def test_three_forms_of_the_same_pages_give_the_same_pairs(world_dir, demo_queries, tmp_path):
     results = {}
     for fmt, pattern in (("warc", "crawl/*.warc.gz"), ("wat", "crawl/*.wat.gz"), ("urllist", "crawl/urls.parquet")):
@@ -358,6 +359,7 @@ def _crawl_outputs(tmp_path, name, inputs, flags, out=None):
     return files, stats
 
 
+@pytest.mark.slow
 def test_same_output_on_any_worker_count_and_the_portable_runner(synthetic_list, world_dir, tmp_path):
     inputs = expand_inputs([str(synthetic_list), str(world_dir / "crawl" / "*.wat.gz")])
     outs = {name: _crawl_outputs(tmp_path, name, inputs, flags)
@@ -369,6 +371,7 @@ def test_same_output_on_any_worker_count_and_the_portable_runner(synthetic_list,
     assert outs["one"][1]["extra"]["partitions"] > 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_distributed_engines_give_the_local_output(synthetic_list, world_dir, tmp_path, dask_cluster, worker_pool,
                                                    monkeypatch):

@@ -29,6 +29,7 @@ def tree_bytes(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = generate(WorldConfig(out=tmp_path / "a", seed=3, size=40, port=18001, heldout_per_class=2))
     b = generate(WorldConfig(out=tmp_path / "b", seed=3, size=40, port=18001, heldout_per_class=2))

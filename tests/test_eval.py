@@ -144,6 +144,7 @@ def test_retrieval_metrics_against_a_plain_loop():
         assert r[f"image_to_text_R@{k}"] == pytest.approx(i2t) and r[f"text_to_image_R@{k}"] == pytest.approx(t2i)
 
 
+@pytest.mark.slow
 def test_prompt_ensemble_matches_a_plain_reference(tokenizer):
     torch.manual_seed(0)
     model = CLIP(model_config("tiny").with_vocab(tokenizer.vocab_size)).eval()
@@ -184,6 +185,7 @@ def test_checkpoints_and_openai_weights_load_to_the_same_embeddings(checkpoint, 
         load_model(tmp_path / "openai.pt")
 
 
+@pytest.mark.slow
 def test_eval_and_score_cli(checkpoint, folder, tmp_path):
     run, _ = checkpoint
     root, _ = folder

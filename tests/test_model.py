@@ -58,7 +58,8 @@ def test_parameter_layout_matches_openai(name):
     assert config_from_openai_state_dict(model.state_dict()) == model_config(name)
 
 
-@pytest.mark.parametrize("name,size", [("ViT-B-32", 224), ("RN50", 224), ("tiny", 64), ("tiny-vit", 64)])
+@pytest.mark.parametrize("name,size", [pytest.param("ViT-B-32", 224, marks=pytest.mark.slow),
+                                       pytest.param("RN50", 224, marks=pytest.mark.slow), ("tiny", 64), ("tiny-vit", 64)])
 def test_tower_output_shapes(name, size):
     torch.manual_seed(0)
     model = CLIP(model_config(name)).eval()
@@ -174,6 +175,7 @@ def _two_rank_loss(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_loss_across_two_processes_equals_full_batch_reference(tmp_path):
     """Local loss + gather with gradients, averaged over ranks as DDP does = the full-batch loss."""
     world = 2
@@ -189,6 +191,7 @@ def test_loss_across_two_processes_equals_full_batch_reference(tmp_path):
     assert torch.allclose(torch.cat([p["g_txt"] for p in parts]) / world, txt.grad, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_large_batch():
     # A ViT: batch norm (the ResNets) takes its statistics per micro-batch, so it cannot be exact.
     torch.manual_seed(0)

@@ -29,10 +29,11 @@ from clipforge.trainer.tokenizer import Tokenizer
 from conftest import ROOT
 
 SIDE_PYTHON = ROOT / ".venv-openclip" / "bin" / "python"
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not SIDE_PYTHON.exists(),
     reason="no .venv-openclip (open_clip with torchvision, which cannot load beside this torch): "
-           "`make openclip-env` builds it")
+           "`make openclip-env` builds it"),
+    pytest.mark.slow]   # one side-venv process for every case: over a minute
 
 TOLERANCE = 1e-4   # 1 - cosine similarity, per image and per text
 TEXTS = ["a photo of a cat", "Grace Hopper in uniform, 1984", "a blue gift box with a ribbon 🎁",

@@ -19,6 +19,7 @@ def _lines(stderr, prefix):
     return [ln for ln in stderr.splitlines() if ln.startswith(prefix)]
 
 
+@pytest.mark.slow
 def test_crawl_reports_progress_while_it_runs(tmp_path):
     """150,000 links of real captions (the LAION-style list, each caption under many URLs),
     progress every second: the matching lines' counts grow, then the dedup/balance lines."""
@@ -51,6 +52,7 @@ def test_crawl_reports_progress_while_it_runs(tmp_path):
     assert quiet.returncode == 0 and not _lines(quiet.stderr, "crawl: matching")
 
 
+@pytest.mark.slow
 def test_shard_reports_progress_while_it_runs(tmp_path):
     """12,000 pairs whose URLs are refused at once (nothing listens on 127.0.0.1:9), 300 per
     shard: the whole-stage line counts shards and pairs upward."""

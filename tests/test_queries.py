@@ -220,6 +220,7 @@ def test_demo_sources_merge_by_priority_and_thresholds(tmp_path, demo_inputs):
     assert len(rows) == stats["kept"] == len(by_query)
 
 
+@pytest.mark.slow
 def test_same_input_same_bytes_on_any_worker_count_and_the_portable_runner(tmp_path, demo_inputs):
     outputs = {}
     for name, flags in {"one": ["--direct_num_workers=1"], "two": ["--direct_num_workers=2"],
@@ -346,6 +347,7 @@ def local_outputs(engine_inputs, tmp_path_factory):
     return got
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_dask_cluster_gives_the_local_list(engine_inputs, local_outputs, tmp_path, dask_cluster, monkeypatch):
     """On Beam's DaskRunner against a dask.distributed cluster (a scheduler and two workers):
@@ -362,6 +364,7 @@ def test_a_dask_cluster_gives_the_local_list(engine_inputs, local_outputs, tmp_p
     assert got == local_outputs
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_an_external_worker_pool_gives_the_local_list(engine_inputs, local_outputs, tmp_path, worker_pool):
     """Through Beam's portable path with an external worker pool (how Flink and Spark run

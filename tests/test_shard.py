@@ -348,6 +348,7 @@ def test_img2dataset_downloader_gives_the_same_layout(world_dir, demo_server, tm
     assert s["kept"] == 0 and s["dropped"] == {"private_address": len(rows)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_distributed_engines_give_the_local_shards(world_dir, demo_server, tmp_path, dask_cluster, worker_pool):
     """The same pairs sharded on the local runner, on a dask.distributed cluster (scheduler and

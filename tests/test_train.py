@@ -212,6 +212,7 @@ def test_tiny_run_learns_and_writes_its_run_directory(shards, tmp_path):
     assert again.returncode == 1 and "already has checkpoints" in again.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     args = ["--train-data", str(shards), "--model", "tiny", "--batch-size", "32", "--steps", "16", "--workers", "2",
             "--save-every", "4", "--lr", "1e-3", "--shuffle-buffer", "64", "--no-tensorboard"]
@@ -273,6 +274,7 @@ def test_zero_shot_eval_during_training_goes_to_metrics(shards, tmp_path):
     assert json.loads((run / "train_stats.json").read_text())["eval"]["top1"] == evals[-1]["eval"]["top1"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

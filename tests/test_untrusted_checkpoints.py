@@ -74,6 +74,7 @@ def evil(tmp_path_factory):
     return d, shards
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "score", "train --init-from", "train --resume"])
 @pytest.mark.parametrize("kind", ["evil.pt", "evil_ts.pt"])
 def test_every_command_refuses_a_malicious_checkpoint_in_one_line(evil, command, kind, tmp_path):
