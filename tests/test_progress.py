@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import shared_file
 
