@@ -76,3 +76,74 @@ def test_a_refused_init_checkpoint_stops_every_rank(tmp_path):
     for rank, (code, text) in enumerate(got):
         assert code == 1, f"rank {rank}: {'still waiting' if code is None else code}\n{text[-3000:]}"
         assert sum(line.startswith("clipforge: error:") for line in text.splitlines()) == 1, text[-3000:]
+
+
+def _uneven_shards(out, n_shards=24, seed=5, per_shard=60):
+    """Shards of per_shard to per_shard + 32 samples (sizes.json lists them), so slots cannot be
+    balanced by whole shards."""
+    import random
+
+    from clipforge.demo import captions, concepts
+    from train_helpers import jpeg
+
+    rng = random.Random(seed)
+
+    def more(s, w):
+        extra = (s * 7) % 33
+        for i in range(extra):
+            attrs = concepts.sample_attributes(rng)
+            w.write({"__key__": f"x{s:03d}{i:04d}", "jpg": jpeg(attrs, rng, size=32),
+                     "txt": captions.english(attrs, rng)})
+        return extra
+
+    return write_shards(out, n_shards=n_shards, per_shard=per_shard, seed=seed, extra=more)
+
+
+def test_24_shards_over_16_slots_every_sample_read_once_and_slots_balanced(tmp_path):
+    """4 ranks x 4 loader workers over 24 shards of uneven sizes: the slots' sample runs cover
+    every sample exactly once, and differ in length by at most one, so an epoch (which ends for
+    all ranks when one runs out of full batches, each worker making its own batches) leaves out
+    at most each worker's last partial batch. Dealing whole shards round-robin would give ranks
+    0-1 eight shards and ranks 2-3 four: a third of the samples unseen."""
+    import json
+    from collections import Counter
+
+    from clipforge.trainer.data import DataConfig, ShardStream, expand_shards
+
+    shards = _uneven_shards(tmp_path / "shards")
+    sizes = json.loads((shards / "sizes.json").read_text())
+    total = sum(sizes.values())
+    assert len(set(sizes.values())) > 5
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=4, image_size=32, seed=2, workers=4)
+    world, workers, slot_lengths, seen = 4, 4, [], Counter()
+    for rank in range(world):
+        for worker in range(workers):
+            stream = ShardStream(cfg, tokenizer=None, epoch=1, rank=rank, world=world)
+            keys = [s["__key__"] for s in stream._raw_samples(worker, workers, Counter())]
+            seen.update(keys)
+            slot_lengths.append(len(keys))
+    assert sum(seen.values()) == total and max(seen.values()) == 1       # every sample once
+    assert max(slot_lengths) - min(slot_lengths) <= 1
+    b = cfg.batch_size
+    full = [sum(n // b for n in slot_lengths[r * workers:(r + 1) * workers]) for r in range(world)]
+    seen_in_epoch = world * min(full) * b                               # every rank stops with the first
+    assert seen_in_epoch >= total - world * workers * (b - 1) and seen_in_epoch >= 0.97 * total
+
+
+def test_ranks_see_the_balanced_epoch_through_the_real_loader(tmp_path):
+    """The same dealing through PyTorch's DataLoader with worker processes: two ranks, two
+    workers each, one epoch's batches; the ranks' samples are disjoint and together all but
+    the last partial batches."""
+    from clipforge.trainer.data import DataConfig, expand_shards, make_loader
+    from clipforge.trainer.tokenizer import Tokenizer, train_bpe
+
+    shards = _uneven_shards(tmp_path / "shards", n_shards=6)
+    total = sum(__import__("json").loads((shards / "sizes.json").read_text()).values())
+    tok = Tokenizer(train_bpe(["a red circle", "two blue squares"] * 5, vocab_size=600), 16)
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=8, image_size=32, seed=4, workers=2, shuffle_buffer=20)
+    keys = []
+    for rank in range(2):
+        got = [k for b in make_loader(cfg, tok, 0, rank, 2) if b["images"] is not None for k in b["keys"]]
+        keys.append(got)
+    assert not set(keys[0]) & set(keys[1])
+    assert len(keys[0]) + len(keys[1]) >= total - 2 * 2 * cfg.batch_size   # each worker's last partial batch

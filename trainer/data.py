@@ -2,9 +2,13 @@
 
 Shards are read with webdataset's tar reader (local paths, brace patterns, `pipe:` commands and
 the URLs its `gopen` handles). What each rank and loader worker reads is a pure function of
-(seed, epoch, rank, worker): shards are shuffled per epoch and dealt out to rank x worker slots
-(or, when there are fewer shards than slots, every slot reads all shards and keeps every n-th
-sample); a seeded shuffle buffer mixes samples; the random crop of each sample is seeded by its
+(seed, epoch, rank, worker): shards are shuffled per epoch, and when their sizes are known
+(`sizes.json` beside them) the shuffled sequence of samples is cut into rank x worker slots of
+equal length (a slot reads a run of whole shards and at most a part of a shard at each end), so
+every slot, and every rank, has the same number of samples and an epoch leaves out at most each
+rank's last partial batch; without sizes, shards are dealt out round-robin (or, when there are
+fewer shards than slots, every slot reads all shards and keeps every n-th sample); a seeded
+shuffle buffer mixes samples; the random crop of each sample is seeded by its
 position. In resampled mode each slot draws shards with replacement, endlessly.
 
 Every item a worker yields carries its position in the worker's stream, so the trainer can
@@ -81,7 +85,13 @@ def expand_shards(spec: str | list[str]) -> list[str]:
 
 def count_samples(urls: list[str]) -> int | None:
     """Samples in these shards from the `sizes.json` beside them (img2dataset's and ours), if every one is listed."""
-    total = 0
+    sizes = shard_sizes(urls)
+    return None if sizes is None else sum(sizes)
+
+
+def shard_sizes(urls: list[str]) -> list[int] | None:
+    """Samples in each of these shards from the `sizes.json` beside them, if every one is listed."""
+    out = []
     cache: dict[str, dict] = {}
     for url in urls:
         if "://" in url or url.startswith("pipe:"):
@@ -96,8 +106,24 @@ def count_samples(urls: list[str]) -> int | None:
                 cache[d] = {}
         if p.name not in cache[d]:
             return None
-        total += int(cache[d][p.name])
-    return total
+        out.append(int(cache[d][p.name]))
+    return out
+
+
+def slot_ranges(sizes: list[int], slots: int, slot: int) -> list[tuple[int, int, int]]:
+    """(shard index, first sample, end) pieces of slot `slot` when the samples of shards of these
+    sizes, in this order, are cut into `slots` runs whose lengths differ by at most one."""
+    total = sum(sizes)
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    pieces, start = [], 0
+    for i, n in enumerate(sizes):
+        a, b = max(lo, start), min(hi, start + n)
+        if a < b:
+            pieces.append((i, a - start, b - start))
+        start += n
+        if start >= hi:
+            break
+    return pieces
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -243,13 +269,21 @@ class ShardStream(torch.utils.data.IterableDataset):
         return random.Random(int.from_bytes(digest[:8], "little"))
 
     def _shard_plan(self, worker: int, workers: int):
-        """(shard URLs for this slot, sample split): the split is (slot, slots) when slots share shards."""
+        """(shard URLs for this slot, sample split): the split is a list of (first, end) sample
+        ranges, one per URL, when shard sizes are known; (slot, slots) when slots share shards
+        without them; None when the slot reads its shards whole."""
         urls = list(self.cfg.shards)
         slots, slot = self.world * workers, self.rank * workers + worker
         if self.cfg.resampled:
             rng = self._rng("resample", worker)
             return (rng.choice(urls) for _ in iter(int, 1)), None
-        self._rng("shards", per_rank=False).shuffle(urls)   # the same order on every rank and worker
+        sizes = shard_sizes(urls)
+        order = list(range(len(urls)))
+        self._rng("shards", per_rank=False).shuffle(order)   # the same order on every rank and worker
+        urls = [urls[i] for i in order]
+        if sizes is not None:
+            pieces = slot_ranges([sizes[i] for i in order], slots, slot)
+            return [urls[i] for i, _, _ in pieces], [(a, b) for _, a, b in pieces]
         if len(urls) >= slots:
             return urls[slot::slots], None
         return urls, (slot, slots)          # too few shards: everyone reads all, keeps every slots-th sample
@@ -262,6 +296,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             return True
 
         urls, split = self._shard_plan(worker, workers)
+        if isinstance(split, list):     # sample ranges of shards: read each up to its range's end
+            for url, (first, end) in zip(urls, split):
+                for index, sample in enumerate(tarfile_samples([{"url": url}], handler=handler)):
+                    if index >= end:
+                        break
+                    if index >= first:
+                        yield sample
+            return
         samples = tarfile_samples(({"url": u} for u in urls), handler=handler)
         if split is None:
             yield from samples
