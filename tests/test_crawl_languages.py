@@ -5,6 +5,7 @@ the same as a crawl that wants languages (where lid.176 runs before matching) gi
 import glob
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from clipforge.pipeline.crawl import CrawlConfig
@@ -17,6 +18,7 @@ def _pairs(out):
     return pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(f"{out}/pairs-*.parquet"))]).sort_by("uid")
 
 
+@pytest.mark.slow
 def test_every_language_wanted_identifies_kept_pairs_as_fasttext_does(tmp_path):
     inputs = expand_inputs([str(shared_file("pairs/laion-style-1000.parquet")),
                             str(shared_file("web/cc-main-2020-34-slice.warc.gz"))])

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from clipforge.trainer.checkpoint import checkpoint_path
 from clipforge.trainer.tokenizer import write_merges
 from train_helpers import write_shards
@@ -45,6 +47,7 @@ def _ranks(args_of_rank, timeout=300):
     return out
 
 
+@pytest.mark.slow
 def test_a_rank_that_already_sees_a_vocabulary_still_takes_rank_0s(tmp_path):
     shards = write_shards(tmp_path / "shards", n_shards=2, per_shard=48)
     stale = tmp_path / "rank1-view"
@@ -56,6 +59,7 @@ def test_a_rank_that_already_sees_a_vocabulary_still_takes_rank_0s(tmp_path):
     assert (tmp_path / "run" / "checkpoints").is_dir() and "train: done" in got[0][1]
 
 
+@pytest.mark.slow
 def test_existing_checkpoints_stop_every_rank_with_the_same_error(tmp_path):
     shards = write_shards(tmp_path / "shards", n_shards=2, per_shard=48)
     run = tmp_path / "run"
@@ -69,6 +73,7 @@ def test_existing_checkpoints_stop_every_rank_with_the_same_error(tmp_path):
         assert len(errors) == 1 and "already has checkpoints; pass --resume" in errors[0], text[-3000:]
 
 
+@pytest.mark.slow
 def test_a_refused_init_checkpoint_stops_every_rank(tmp_path):
     shards = write_shards(tmp_path / "shards", n_shards=2, per_shard=48)
     missing = tmp_path / "nowhere.pt"
