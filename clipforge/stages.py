@@ -7,6 +7,7 @@ build what the demo mode reads.
 A bad value raises clipforge.errors.UserError.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -247,7 +248,7 @@ def train_config(a):
         precision=a.precision, grad_checkpointing=a.grad_checkpointing, compile=a.compile, quick_gelu=not a.gelu,
         resume=a.resume, init_from=a.init_from, bpe=a.bpe, vocab_size=a.vocab_size,
         save_every=pick(a.save_every, "save_every"), keep=a.keep, log_every=pick(a.log_every, "log_every"),
-        eval_every=a.eval_every, eval_data=eval_data, tensorboard=not a.no_tensorboard)
+        eval_every=a.eval_every, eval_data=eval_data, tensorboard=not a.no_tensorboard, dist_timeout=a.dist_timeout)
     if cfg.batch_size % cfg.accum_steps:
         raise UserError(f"--batch-size {cfg.batch_size} does not split into --accum-steps {cfg.accum_steps} micro-batches")
     if a.eval_every and not cfg.eval_data:
@@ -257,6 +258,10 @@ def train_config(a):
 
 def train(a):
     if a.train_data is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (chain.DEMO_SHARDS / "sizes.json").exists():
+            raise UserError(f"the demo's shards ({chain.DEMO_SHARDS}) are not made yet, and {os.environ['WORLD_SIZE']} "
+                            f"ranks would all make them at once: run `make train` (one process) or `clipforge "
+                            f"demo` first, then torchrun")
         chain.ensure_shards("sizes.json")
     return run_train(train_config(a))
 

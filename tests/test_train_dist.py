@@ -152,3 +152,15 @@ def test_ranks_see_the_balanced_epoch_through_the_real_loader(tmp_path):
         keys.append(got)
     assert not set(keys[0]) & set(keys[1])
     assert len(keys[0]) + len(keys[1]) >= total - 2 * 2 * cfg.batch_size   # each worker's last partial batch
+
+
+def test_the_demo_is_not_prepared_by_several_ranks_at_once(tmp_path):
+    """`make train NPROC=8` with no data: every rank would generate, crawl and shard the demo
+    into the same folders before the process group exists; each refuses instead, in one line."""
+    proc = subprocess.run([sys.executable, "-m", "clipforge", "train"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "WORLD_SIZE": "2", "RANK": "1"},
+                          timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ranks would all make them at once" in lines[0]
+    assert not (tmp_path / "data").exists()
