@@ -294,6 +294,7 @@ def test_three_forms_of_the_same_pages_give_the_same_pairs(world_dir, demo_queri
     assert {(r[1], r[3]) for r in results["wat"]} <= truth
 
 
+@pytest.mark.slow
 def test_funnel_buckets_on_the_demo_web(world_dir, demo_queries, tmp_path):
     cfg = CrawlConfig(inputs=expand_inputs([str(world_dir / "crawl" / "*.warc.gz"),
                                             str(world_dir / "crawl" / "*.wat.gz")]),
@@ -328,6 +329,7 @@ def synthetic_list(tmp_path_factory):
     return d / "list.jsonl"
 
 
+@pytest.mark.slow
 def test_balancing_follows_its_formula(synthetic_list, tmp_path):
     t = 100
     cfg = CrawlConfig(inputs=expand_inputs([str(synthetic_list)]), queries=["zebra", "lion"], out=str(tmp_path / "o"),
@@ -415,6 +417,7 @@ def test_damaged_archives_are_counted_not_fatal(world_dir, tmp_path):
     assert s["kept"] + sum(s["dropped"].values()) == s["input"]
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_are_one_line(tmp_path, world_dir):
     (tmp_path / "list.csv").write_text("link,words\nhttp://127.0.0.1/a.jpg,a red circle\n")
     (tmp_path / "cc3m.tsv").write_text("a red circle\thttp://127.0.0.1/a.jpg\n")
@@ -502,6 +505,7 @@ def test_headerless_lists_read_as_the_same_lists_with_a_header(tmp_path):
         assert [c for c in without if not isinstance(c, dict)] == ["unreadable_record"] * 2
 
 
+@pytest.mark.slow
 def test_headerless_tsv_crawls_to_the_same_pairs(tmp_path):
     """`clipforge crawl --no-header --url-col 2 --text-col 1` on CC3M's layout keeps exactly the
     pairs of the same file with a header, and counts its links the same way."""

@@ -94,6 +94,7 @@ def kept_pages(out):
     return sorted({u.split("/")[-1].split("-")[0] for u in t.column("url").to_pylist()})
 
 
+@pytest.mark.slow
 def test_a_record_of_20_gib_of_zeros_is_skipped_and_the_pages_after_it_are_read(queries, tmp_path):
     warc = tmp_path / "bomb.warc.gz"
     warc.write_bytes(good_records(0, 2) + zero_bomb("http://bomb.example/", 20 << 30) + good_records(2, 2))
@@ -155,6 +156,7 @@ def warcio_meta(payload):
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_pages_of_multi_megabyte_alts_leave_memory_flat(queries, tmp_path):
     """Each page's alt is different and 3.5 MB (under the page cap, so each is a candidate): none
     stays in the caption cache, none is cleaned, all are text_too_long."""
@@ -185,6 +187,7 @@ def test_500k_nested_divs_are_cut_at_the_depth_cap(queries, tmp_path):
     assert stats["extra"]["pages"] == {"html": 2, "truncated": 1}
 
 
+@pytest.mark.slow
 def test_a_host_that_breaks_urlsplit_is_an_invalid_url(queries, tmp_path):
     html = ('<html><body><img src="http://ex\u2100ample.com/a.jpg" alt="a photo of a cat nfkc">'
             '<img src="http://bücher.example/b.jpg" alt="a photo of a cat idna">'

@@ -94,6 +94,7 @@ def corpus_and_words(out):
 
 # --- through the command, under the watchdog ----------------------------------------------------
 
+@pytest.mark.slow
 def test_bz2_bomb_inside_one_text_stops_at_its_budget(tmp_path):
     """11 KB of bz2 holding 8 GiB inside one <text>: the dump is read up to its decompression
     budget (256 MiB for a file this small) and counted as over budget; the page before it counts."""
@@ -115,6 +116,7 @@ def test_bz2_bomb_inside_one_text_stops_at_its_budget(tmp_path):
     print(f"8 GiB bz2 bomb: peak {r.peak_bytes / MiB:.0f} MiB, {r.seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_page_over_the_page_cap_is_skipped_and_the_next_page_read(tmp_path):
     """A 200 MiB page (under the budget, over MAX_WIKI_PAGE_CHARS) between two good pages: counted
     page_too_large, never held in memory; both good pages counted."""
@@ -134,6 +136,7 @@ def test_page_over_the_page_cap_is_skipped_and_the_next_page_read(tmp_path):
     print(f"200 MiB page: peak {r.peak_bytes / MiB:.0f} MiB, {r.seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_markup_heavy_pages_are_skipped_before_the_wikitext_parser(tmp_path):
     """100 MB of link markup in 3 MB pages (each under the page cap, ~2 M markup characters: a
     ~2 GB parse tree each, minutes of parsing) and one 100 MB page, between good pages: counted
@@ -162,6 +165,7 @@ def wn_lmf(body=b""):
             b'<LexicalEntry id="t-red-a"><Lemma writtenForm="red" partOfSpeech="a"/></LexicalEntry>\n' + body)
 
 
+@pytest.mark.slow
 def test_wordnet_gz_bomb_is_refused_in_one_line(tmp_path):
     """A WN-LMF .xml.gz of 1 MB inflating to 2 GiB: streamed, refused at its budget, one line."""
     member = gzip.compress(b"0" * (64 * MiB), 9)
@@ -176,6 +180,7 @@ def test_wordnet_gz_bomb_is_refused_in_one_line(tmp_path):
     print(f"2 GiB WN-LMF gz bomb: peak {r.peak_bytes / MiB:.0f} MiB, {r.seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_a_plain_xml_dump_is_read(tmp_path):
     (tmp_path / "plain.xml").write_bytes(HEADER + page("Zebra", ZEBRA) + page("Talk:Zebra", POLKA, ns=1)
                                          + page("Polka", POLKA) + b"</mediawiki>\n")
@@ -188,6 +193,7 @@ def test_a_plain_xml_dump_is_read(tmp_path):
     assert {"zebra", "polka", "crossing"} <= words
 
 
+@pytest.mark.slow
 def test_wordnet_and_metadata_errors_are_one_line(tmp_path):
     """WN-LMF that breaks off, is not XML, declares entities (a billion laughs) or nests without end;
     a YAML source too large to parse whole; a metadata.json nested past the JSON parser's depth."""
@@ -377,6 +383,7 @@ def test_every_compression_is_read_within_a_budget(tmp_path):
         assert n <= limits.decompressed_budget(path.stat().st_size) < 19 * len(zeros), ext
 
 
+@pytest.mark.slow
 def test_page_caps_are_flags_and_skips_are_reported(tmp_path):
     """--max-page-chars and --max-page-markup move the caps; skipped pages are counted and named on
     stderr in one line."""

@@ -72,6 +72,7 @@ def kept_urls(out):
     return sorted(u for f in Path(out).glob("pairs-*.parquet") for u in pq.read_table(f).column("url").to_pylist())
 
 
+@pytest.mark.slow
 def test_fields_past_the_limit_are_counted_and_the_rest_is_read(tmp_path):
     """A field just past the limit (the csv module's own check) and a line past the line cap (read
     through in pieces) are each one field_too_large; the good rows around them are kept."""
@@ -129,6 +130,7 @@ def gib_line_list(path, header=True, port=9):
     return texts
 
 
+@pytest.mark.slow
 def test_a_gibibyte_line_in_a_small_gzip_is_counted_in_bounded_memory(tmp_path):
     """Inflated a piece at a time and read through in pieces: a 1 GiB line never sits in memory
     (Beam's own gzip reader would inflate it whole, and csv.reader would hold it whole)."""
@@ -140,6 +142,7 @@ def test_a_gibibyte_line_in_a_small_gzip_is_counted_in_bounded_memory(tmp_path):
     assert s["input"] == 3 and s["kept"] == 2 and s["dropped"] == {"field_too_large": 1}, s
 
 
+@pytest.mark.slow
 def test_shard_counts_the_field_in_its_funnel_and_fetches_the_rest(tmp_path):
     """The same gibibyte line given straight to shard (a URL list, as crawl reads it), headerless:
     field_too_large in shard_stats.json, and the two good rows fetched from a port where nothing
@@ -158,6 +161,7 @@ def test_shard_counts_the_field_in_its_funnel_and_fetches_the_rest(tmp_path):
     assert s["extra"]["limits"]["max_csv_field_chars"] == LIMIT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["crawl", "shard"])
 def test_a_header_past_the_limit_is_one_line(tmp_path, stage):
     """A header row is names: one over the limit (plain), or a gibibyte header line (gzip), is no

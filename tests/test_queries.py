@@ -51,6 +51,7 @@ def test_real_dump_pages_redirects_and_namespaces():
     assert articles[0].title == "Anarchism"
 
 
+@pytest.mark.slow
 def test_markup_is_gone_from_the_prose():
     _, articles = real_articles()
     prose = "\n".join(wikitext_to_prose(p.text) for p in articles)
@@ -149,6 +150,7 @@ def real_run(tmp_path_factory):
     return out, stats
 
 
+@pytest.mark.slow
 def test_counts_equal_a_reference_count(real_run):
     out, stats = real_run
     _, articles = real_articles()
@@ -179,6 +181,7 @@ def test_counts_equal_a_reference_count(real_run):
     assert all(r["pmi"] >= 5.0 for r in got_bi.values())
 
 
+@pytest.mark.slow
 def test_output_is_ranked_and_valid(real_run):
     out, stats = real_run
     assert validate_parquet(out / "queries.parquet", QUERY) == stats["kept"]
@@ -199,6 +202,7 @@ def demo_inputs(world_dir):
                 wordnet=[str(world_dir / "wordnet" / "*.yaml")])
 
 
+@pytest.mark.slow
 def test_demo_sources_merge_by_priority_and_thresholds(tmp_path, demo_inputs):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["zebra crossing", "red", "zebra crossing", "Circle"]))
@@ -415,6 +419,7 @@ def cli(*args, cwd):
     return subprocess.run([CLI, "queries", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_bad_inputs_end_in_one_line(tmp_path):
     (tmp_path / "notxml.xml").write_text("just some text, not a dump")
     (tmp_path / "empty.txt").write_text("")
@@ -432,6 +437,7 @@ def test_bad_inputs_end_in_one_line(tmp_path):
         assert r.stderr.strip().count("\n") == 0 and message in r.stderr, (args, r.stderr)
 
 
+@pytest.mark.slow
 def test_damage_inside_files_is_counted(tmp_path):
     data = shared_file("wiki/enwiki-pages-articles-excerpt.xml.bz2").read_bytes()
     (tmp_path / "cut.xml.bz2").write_bytes(data[: len(data) // 2])
@@ -445,6 +451,7 @@ def test_damage_inside_files_is_counted(tmp_path):
     assert s["extra"]["sources"]["title"] == {"candidates": 2, "kept": 2}
 
 
+@pytest.mark.slow
 def test_no_arguments_builds_the_demo_list(tmp_path):
     """`clipforge queries` alone: the demo web (generated on first use) through the same code."""
     r = subprocess.run([CLI, "queries"], capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -161,6 +161,7 @@ def shard_cfg(items, out, **kw):
     return ShardConfig(**base)
 
 
+@pytest.mark.slow
 def test_stage_end_to_end_on_the_demo_web(world_dir, demo_server, tmp_path):
     rows = messy_list(world_dir, tmp_path / "pairs.parquet")
     items, n = expand_pairs([str(tmp_path / "pairs.parquet")])
@@ -197,6 +198,7 @@ def _index(out):
                   for r in rows)
 
 
+@pytest.mark.slow
 def test_headerless_url_list_shards_like_the_list_with_a_header(world_dir, demo_server, tmp_path):
     """CC3M's layout (caption, url) without a header, sharded straight from the TSV as img2dataset
     shards CC3M (`--no-header --url-col 2 --text-col 1`), gives the shards of the same TSV with a
@@ -255,6 +257,7 @@ def test_a_refused_connection_is_connect_error(tmp_path):
     assert stats["input"] == 6 and stats["dropped"] == {"connect_error": 6}, stats
 
 
+@pytest.mark.slow
 def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, demo_server, tmp_path):
     slow = [{"url": load_manifest(world_dir)["base_url"] + f"/x/slow.jpg?n={i}", "text": f"slow {i}",
              "uid": f"slow-{i:03d}"} for i in range(12)]
@@ -288,6 +291,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(world_dir, demo_server, tm
     assert not [p for p in (tmp_path / "cut").iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_are_one_line(tmp_path):
     pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"], "words": ["a"]}), tmp_path / "p.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
@@ -317,6 +321,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_img2dataset_downloader_gives_the_same_layout(world_dir, demo_server, tmp_path):
     """The same pairs through img2dataset; the endless and trickling bodies are left out, as
     img2dataset has no overall deadline and would hang on them (its issue 437)."""

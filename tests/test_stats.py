@@ -21,6 +21,10 @@ def _cli(*args, cwd=ROOT):
     return proc
 
 
+# every test here reads one module fixture that runs queries, crawl and shard (about a minute)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def stage_outputs(world_dir, demo_server, tmp_path_factory):
     """queries -> crawl -> shard on the session's demo world, through the command line."""

@@ -166,6 +166,7 @@ def test_corrupt_samples_are_counted_and_skipped(tmp_path, tokenizer):
     assert len(keys) + sum(skipped.values()) == 2 * 25
 
 
+@pytest.mark.slow
 def test_no_usable_sample_is_an_error_not_a_hang(tmp_path, tokenizer):
     d = tmp_path / "bad"
     d.mkdir()
@@ -190,6 +191,7 @@ def test_no_usable_sample_is_an_error_not_a_hang(tmp_path, tokenizer):
 
 # --- the loop ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_writes_its_run_directory(shards, tmp_path):
     run = tmp_path / "run"
     proc = _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--batch-size", "64",
@@ -242,6 +244,7 @@ def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     assert bad.returncode == 1 and "--workers 2" in bad.stderr
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_a_checkpoint(shards, tmp_path):
     proc = _run_train(["--train-data", str(shards), "--out", str(tmp_path / "r"), "--model", "tiny",
                        "--batch-size", "32", "--steps", "5", "--lr", "1e30", "--warmup", "1", "--save-every", "1"],
@@ -254,6 +257,7 @@ def test_nan_loss_stops_without_a_checkpoint(shards, tmp_path):
     assert len(ckpts) == len(steps)   # a checkpoint for each good step, none for the bad one
 
 
+@pytest.mark.slow
 def test_resampled_mode_and_accumulation_run(shards, tmp_path):
     run = tmp_path / "r"
     _run_train(["--train-data", str(shards), "--out", str(run), "--model", "tiny", "--batch-size", "32",
@@ -262,6 +266,7 @@ def test_resampled_mode_and_accumulation_run(shards, tmp_path):
     assert len(m) == 8 and [r["epoch"] for r in m] == [0] * 4 + [1] * 4
 
 
+@pytest.mark.slow
 def test_zero_shot_eval_during_training_goes_to_metrics(shards, tmp_path):
     held = write_heldout(tmp_path / "held")
     run = tmp_path / "r"
