@@ -173,6 +173,7 @@ def test_pages_of_multi_megabyte_alts_leave_memory_flat(queries, tmp_path):
     assert outcome.peak_bytes < BOUND
 
 
+@pytest.mark.slow
 def test_500k_nested_divs_are_cut_at_the_depth_cap(queries, tmp_path):
     n = 500_000
     html = (b'<html><body><img src="/img/0-0.jpg" alt="a photo of a cat first">' + b"<div>" * n
@@ -236,6 +237,7 @@ def test_clueweb_style_lf_only_headers_are_read_as_html_with_their_charset():
     assert pages == {"html": 1, "not_html": 1, "status_not_200": 1}
 
 
+@pytest.mark.slow
 def test_page_funnel_sums_to_the_response_records(queries, tmp_path):
     long_page = (b'<html><body><img src="/img/9-0.jpg" alt="a photo of a cat before">' + b" " * 6000
                  + b'<img src="/img/9-1.jpg" alt="a photo of a cat after"></body></html>')

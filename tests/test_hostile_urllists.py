@@ -95,6 +95,7 @@ def test_fields_past_the_limit_are_counted_and_the_rest_is_read(tmp_path):
     assert kept_urls(out) == [f"http://127.0.0.1:9/img/{i}.jpg" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_a_quote_that_never_closes_is_one_field_too_large_then_reading_goes_on(tmp_path):
     """CSV: an opening quote with no closing one swallows the lines after it until the field
     passes the limit; that row is field_too_large, the lines left of it are rows of the wrong

@@ -112,6 +112,7 @@ def test_openai_state_dict_loads_strictly_and_gives_the_same_embeddings():
         assert torch.equal(src.encode_text(texts), loaded.encode_text(texts))
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = CLIP(model_config("tiny").with_vocab(600))
