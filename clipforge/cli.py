@@ -201,8 +201,7 @@ def _add_train(sub):
     r.add_argument("--eval-every", type=int, default=0, help="zero-shot eval on --eval-data every N steps")
     r.add_argument("--eval-data", default=None, help="ImageFolder tree for --eval-every (demo: the held-out shapes)")
     r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
-    r.add_argument("--dist-timeout", type=float, default=60.0, metavar="MIN",
-                   help="minutes a rank waits for the others in a collective (default: 60; NCCL's own: 10)")
+    r.add_argument("--dist-timeout", type=float, default=60.0, metavar="MIN", help="minutes a rank waits for the others")
     p.set_defaults(func=stages.train, parser=p)
 
 
@@ -333,7 +332,7 @@ def main(argv=None):
         return 2
     try:
         if getattr(args, "beam", False):
-            from clipforge.pipeline.runner import unknown_beam_flags
+            from clipforge.beam import unknown_beam_flags
 
             unknown = unknown_beam_flags(extra)
             if unknown:

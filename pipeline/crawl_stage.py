@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
 from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
+from clipforge.errors import InputError
 from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
 from clipforge.schemas.files import Funnel, read_metadata, write_stats
@@ -25,9 +26,6 @@ log = logging.getLogger("clipforge.crawl")
 CAPTION_REASONS = ("no_text", "text_too_short", "text_too_long", "text_number", "text_file_name", "text_boilerplate")
 DROP_REASONS = ("unreadable_record", "field_too_large", "bad_url_scheme", "invalid_url") + CAPTION_REASONS + (
     "lang_not_wanted", "no_query_match", "duplicate", "balanced_out")
-
-
-from clipforge.errors import InputError  # noqa: E402  (one class for every stage)
 
 
 def input_format(path):

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
 from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
+from clipforge.errors import InputError
 from clipforge.pipeline import progress, readers, spill
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes, write_stats
@@ -26,9 +27,6 @@ from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import read_tar_samples
 
 log = logging.getLogger("clipforge.shard")
-
-
-from clipforge.errors import InputError  # noqa: E402  (one class for every stage)
 
 
 def expand_pairs(patterns, url_col=None, text_col=None, page_col=None, no_header=False):

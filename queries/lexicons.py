@@ -15,6 +15,7 @@ import xml.parsers.expat as expat
 
 import yaml
 
+from clipforge.errors import UserError
 from clipforge.limits import MAX_METADATA_JSON_BYTES, MAX_WORDNET_YAML_BYTES, MAX_XML_DEPTH, MAX_XML_TOKEN_BYTES
 from clipforge.queries.inflate import CHUNK, READ_ERRORS, OverBudget, compression, open_input
 
@@ -22,9 +23,6 @@ try:
     _Loader = yaml.CSafeLoader
 except AttributeError:  # libyaml missing: the pure-Python loader is slower, same result
     _Loader = yaml.SafeLoader
-
-
-from clipforge.errors import UserError  # noqa: E402
 
 
 class LexiconError(UserError, ValueError):

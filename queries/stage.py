@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
 from clipforge.beam import absolute, make_pipeline, read_stats, run_pipeline
+from clipforge.errors import InputError
 from clipforge.queries import lexicons
 from clipforge.queries.inflate import READ_ERRORS, open_input
 from clipforge.queries.pipeline import PAGE_SKIP_REASONS, QueriesConfig, build
@@ -25,9 +26,6 @@ log = logging.getLogger("clipforge.queries")
 DROP_REASONS = ("below_min_count", "below_min_bigram_count", "below_min_pmi", "below_min_views",
                 "title_has_colon", "empty_or_punctuation", "duplicate_of_higher_priority", "over_max_entries")
 SOURCES = ("metadata", "wordnet", "unigram", "bigram", "title")
-
-
-from clipforge.errors import InputError  # noqa: E402  (inputs the stage cannot use at all; one class for every stage)
 
 
 def expand(patterns, what):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import mwparserfromhell
 from mwparserfromhell.nodes import ExternalLink, Heading, HTMLEntity, Tag, Text, Wikilink
 
+from clipforge.errors import UserError
 from clipforge.limits import MAX_WIKI_FIELD_CHARS, MAX_WIKI_PAGE_CHARS, MAX_XML_DEPTH, MAX_XML_TOKEN_BYTES
 from clipforge.queries.inflate import CHUNK, READ_ERRORS, OverBudget
 
@@ -48,9 +49,6 @@ class Page:
     redirect: bool
     text: str
     skip: str = ""  # why the page cannot be read ("page_too_large", "page_malformed"); its text is then ""
-
-
-from clipforge.errors import UserError  # noqa: E402
 
 
 class DumpError(UserError, ValueError):

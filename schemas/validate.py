@@ -14,14 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipforge.errors import UserError
 from clipforge.schemas.records import INPUT_FORMATS, QUERY_SOURCES, SHARD_INDEX, SHARD_SAMPLE
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY = re.compile(r"^[^./\\]+$")
 _URL = re.compile(r"^https?://[^/\s?#]+", re.IGNORECASE)
-
-
-from clipforge.errors import UserError  # noqa: E402
 
 
 class SchemaError(UserError, ValueError):

@@ -91,7 +91,7 @@ def test_serve_runs_until_interrupted(world_dir):
 def test_every_installed_runners_flags_pass_the_flag_check():
     """Dask's flags exist only once Beam's dask runner module is imported: the check imports it
     (run in a fresh interpreter, where nothing else has)."""
-    code = ("from clipforge.pipeline.runner import unknown_beam_flags as u; "
+    code = ("from clipforge.beam import unknown_beam_flags as u; "
             "print(u(['--runner=DaskRunner', '--dask_client_address=tcp://127.0.0.1:8786', '--dask_npartitions=4', "
             "'--flink_master=localhost:8081', '--spark_master_url=spark://m:7077', '--nonsense_flag=1']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -108,7 +108,7 @@ def _as_beam_worker(body):
             "logging.basicConfig(stream=sys.stderr, format='LOG %(message)s')\n"
             "import atexit\n"
             "atexit.register(lambda: print('finalising', file=sys.stderr))  # runs after later hooks\n"
-            "from clipforge.pipeline import runner\n" + body)
+            "from clipforge import beam as runner\n" + body)
 
 
 def test_beam_workers_exit_at_once_with_their_own_exit_status():
@@ -131,7 +131,7 @@ def test_beam_workers_exit_at_once_with_their_own_exit_status():
     assert interrupted.returncode == 1
     plain = subprocess.run([sys.executable, "-c", "import atexit, sys\n"
                             "atexit.register(lambda: print('finalising', file=sys.stderr))\n"
-                            "from clipforge.pipeline import runner\n"
+                            "from clipforge import beam as runner\n"
                             "print(runner._EXIT_HOOK)\nraise SystemExit(3)"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 3 and plain.stdout.strip() == "[]" and "finalising" in plain.stderr
 

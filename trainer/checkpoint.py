@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from clipforge.errors import InputError, MissingInput, UserError
+
 CKPT_DIR = "checkpoints"
 _STEP = re.compile(r"step_(\d+)\.pt$")
 
@@ -70,9 +72,6 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     if not p.exists():
         raise MissingInput(f"{p}: no such checkpoint")
     return p
-
-
-from clipforge.errors import InputError, MissingInput, UserError  # noqa: E402
 
 
 class UnsafeCheckpoint(UserError, ValueError):

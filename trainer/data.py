@@ -38,12 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.errors import InputError, MissingInput, UserError
 from clipforge.trainer.model import CLIP_MEAN, CLIP_STD
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-from clipforge.errors import InputError, MissingInput, UserError  # noqa: E402
 
 
 class NoUsableSamples(UserError, RuntimeError):
