@@ -18,14 +18,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipforge.errors import InputError
+
 BATCH = 262_144
+
+
+def _unreadable(path, e):
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"{path}: not a readable parquet file ({first})")
+
+
+def _read_table(path, columns):
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, e) from None
 
 
 def _batches(files, columns):
     for f in files:
-        pf = pq.ParquetFile(f)
-        cols = [c for c in columns if c in pf.schema_arrow.names]
-        yield from pf.iter_batches(batch_size=BATCH, columns=cols)
+        try:
+            pf = pq.ParquetFile(f)
+            cols = [c for c in columns if c in pf.schema_arrow.names]
+            yield from pf.iter_batches(batch_size=BATCH, columns=cols)
+        except (pa.ArrowException, OSError) as e:
+            raise _unreadable(f, e) from None
 
 
 def _value_counts(counter: Counter, array):
@@ -94,7 +111,7 @@ def page_funnel(pages: dict) -> dict:
 def balancing(pairs_dir: Path, queries_dir: Path | None, crawl_stats: dict, top: int = 25) -> dict:
     """Per-query matches before and kept after balancing; head (matches > t) and tail."""
     t = crawl_stats.get("extra", {}).get("settings", {}).get("max_per_query")
-    table = pq.read_table(pairs_dir / "query_counts.parquet", columns=["query", "matches", "kept"])
+    table = _read_table(pairs_dir / "query_counts.parquet", ["query", "matches", "kept"])
     matches = np.asarray(table.column("matches").to_numpy(), dtype=np.int64)
     kept = np.asarray(table.column("kept").to_numpy(), dtype=np.int64)
     queries = table.column("query").to_pylist()
@@ -114,7 +131,7 @@ def balancing(pairs_dir: Path, queries_dir: Path | None, crawl_stats: dict, top:
         "top": [{"query": queries[i], "matches": int(matches[i]), "kept": int(kept[i])} for i in order[:top]],
     }
     if queries_dir is not None and (queries_dir / "queries.parquet").exists():
-        q = pq.read_table(queries_dir / "queries.parquet", columns=["query", "source"])
+        q = _read_table(queries_dir / "queries.parquet", ["query", "source"])
         source = dict(zip(q.column("query").to_pylist(), q.column("source").to_pylist()))
         by = {}
         for s in source.values():

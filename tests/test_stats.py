@@ -144,3 +144,18 @@ def test_report_opens_in_headless_chromium_with_every_image(report, tmp_path):
 def test_stats_bad_input_is_one_line(tmp_path):
     proc = subprocess.run(CLI + ["stats", "--data", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "no stage outputs" in proc.stderr
+
+
+def test_stats_on_a_corrupt_pairs_file_is_one_line(stage_outputs, tmp_path):
+    """A pairs file that is not parquet (a crawl's real stats beside it) ends in one line naming it."""
+    import shutil
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    shutil.copy(stage_outputs / "pairs" / "crawl_stats.json", pairs)
+    (pairs / "pairs-00000.parquet").write_bytes(b"not parquet at all")
+    proc = subprocess.run(CLI + ["stats", "--data", str(tmp_path), "--out", str(tmp_path / "r")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pairs-00000.parquet: not a readable parquet file" in lines[0]
