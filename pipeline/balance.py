@@ -12,8 +12,6 @@ input gives the same output on any runner and any number of workers.
 
 import hashlib
 
-from clipforge.schemas.pairs import normalise_url, uid, uids_arrow  # noqa: F401 (the crawl's names for them)
-
 def keep_probability(queries, counts, t):
     drop = 1.0
     for q in queries:

@@ -20,6 +20,7 @@ from clipforge.pipeline.matching import Matcher, spaced
 from clipforge.queries.pipeline import QueriesConfig
 from clipforge.queries.stage import run as run_queries
 from clipforge.schemas import CURATED_PAIR
+from clipforge.schemas import pairs as pair_ids
 from clipforge.schemas.files import read_stats
 from clipforge.schemas.validate import validate_parquet
 
@@ -103,12 +104,12 @@ def test_keep_probability_and_draw():
 
 
 def test_uid_normalises_the_url():
-    a = balance.uid("HTTP://Example.COM:80/a/b.jpg#frag", "a red circle")
-    assert a == balance.uid("http://example.com/a/b.jpg", "a red circle")
-    assert a != balance.uid("http://example.com/a/B.jpg", "a red circle")
-    assert a != balance.uid("http://example.com/a/b.jpg?x=1", "a red circle")
-    assert a != balance.uid("http://example.com/a/b.jpg", "a red circle!")
-    assert balance.uid("https://e.com:8443/x", "t") != balance.uid("https://e.com/x", "t")
+    a = pair_ids.uid("HTTP://Example.COM:80/a/b.jpg#frag", "a red circle")
+    assert a == pair_ids.uid("http://example.com/a/b.jpg", "a red circle")
+    assert a != pair_ids.uid("http://example.com/a/B.jpg", "a red circle")
+    assert a != pair_ids.uid("http://example.com/a/b.jpg?x=1", "a red circle")
+    assert a != pair_ids.uid("http://example.com/a/b.jpg", "a red circle!")
+    assert pair_ids.uid("https://e.com:8443/x", "t") != pair_ids.uid("https://e.com/x", "t")
 
 
 def test_langid_on_real_text():
@@ -201,7 +202,7 @@ def test_batched_text_stage_equals_the_plain_steps(langs):
         if not ids:
             assert g == "no_query_match"
             continue
-        assert g[0] == balance.uid(url, text) and g[1] == text and g[2] == lang and g[4] == ids
+        assert g[0] == pair_ids.uid(url, text) and g[1] == text and g[2] == lang and g[4] == ids
         assert g[3] == pytest.approx(score, rel=1e-6)
     outcomes = Counter(g if isinstance(g, str) else "kept" for g in got)
     assert outcomes["kept"] > 100 and outcomes["no_query_match"] > 10
@@ -527,13 +528,13 @@ def test_headerless_tsv_crawls_to_the_same_pairs(tmp_path):
 
 
 def test_vectorised_uid_equals_balance_uid():
-    """uids_arrow (RE2 over Arrow for the common URL shape) gives balance.uid's ids, on real links
+    """uids_arrow (RE2 over Arrow for the common URL shape) gives pair_ids.uid's ids, on real links
     and on generated URLs of every shape normalise_url handles (case, ports, queries, fragments)."""
     import random
 
     import pyarrow as pa
 
-    from clipforge.pipeline.balance import uid, uids_arrow
+    from clipforge.schemas.pairs import uid, uids_arrow
 
     rng = random.Random(3)
     parts = ["http://", "HTTPS://", "hTTp://", "Ex.COM", "a-b.org", "/P/a", "?q=A", "#Frag", ":80", ":443",

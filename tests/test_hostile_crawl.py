@@ -263,7 +263,7 @@ def test_worker_logs_of_killed_runs_are_removed_a_day_later(tmp_path, monkeypatc
     import tempfile
     import time
 
-    from clipforge.pipeline.runner import _remove_stale_logs
+    from clipforge.beam import _remove_stale_logs
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.Popen(["true"])
     gone.wait()                                              # a pid that no longer runs

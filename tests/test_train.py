@@ -302,3 +302,15 @@ def test_cli_rejects_bad_values_in_one_line(shards, tmp_path, capsys):
     assert "no such shard" in capsys.readouterr().err
     assert main(["train", "--train-data", str(shards), "--model", "ViT-Q-1", "--out", str(tmp_path / "o")]) == 1
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_the_crash(tmp_path):
+    """A run killed while writing metrics.jsonl leaves half a line; resuming keeps the whole lines
+    up to the checkpoint's step and drops the rest, the half line included."""
+    from clipforge.trainer.train import Run, TrainConfig
+
+    run = Run(TrainConfig(train_data=str(tmp_path), out=str(tmp_path)))
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    run._truncate_metrics(2)
+    assert (tmp_path / "metrics.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"

@@ -491,12 +491,22 @@ class Run:
         save_checkpoint(self.out, step, payload, keep=self.cfg.keep)
 
     def _truncate_metrics(self, step: int):
-        """A resumed run rewrites what came after its checkpoint."""
+        """A resumed run rewrites what came after its checkpoint. A line cut short by the crash (the
+        process killed while writing it) is dropped with the rest after the checkpoint."""
         path = self.out / "metrics.jsonl"
         if not self.main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
     def _tensorboard(self, step: int):
         if not (self.main and self.cfg.tensorboard):
