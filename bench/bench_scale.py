@@ -113,8 +113,9 @@ def _crawl(workdir, n, queries, n_queries):
                f"(bench/peer_metaclip_script.py): one process, pyarrow batches, lid.176 per batch, the matcher "
                f"of the crawl section, md5(url + text) in a set, matched pairs spilled per part, then "
                f"MetaCLIP's balance_sampling. The peer runs lid.176 on every text; clipforge, with every "
-               f"language wanted, only on the distinct texts that match a query (the same outcome), and also "
-               f"cleans captions (entities, mojibake, junk rules) and normalises URLs. Texts: about "
+               f"language wanted, only on the distinct texts of the pairs it keeps, after balancing (the same "
+               f"languages in the output), and also cleans captions (entities, mojibake, junk rules) and "
+               f"normalises URLs. Texts: about "
                f"{manifest['distinct_texts_expected'] / n:.0%} distinct (the excerpt holds "
                f"{manifest['distinct_windows_possible'] / 1e6:.1f}M distinct windows; the verbatim 20% repeat "
                f"{manifest['real_captions']:,} real captions). Peak memory is the whole process tree."))
