@@ -65,7 +65,7 @@ FLUSH_ROWS = 200_000  # matched pairs a work item holds before spilling them
 
 @dataclass
 class CrawlConfig:
-    inputs: list = field(default_factory=list)  # (path, format, part) work items, see stage.expand_inputs
+    inputs: list = field(default_factory=list)  # (path, format, part) work items, see crawl_stage.expand_inputs
     queries: list = field(default_factory=list)  # the query strings
     out: str = "data/pairs"
     max_per_query: int = 20_000

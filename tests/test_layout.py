@@ -1,6 +1,6 @@
 """The package layout: no stage package imports another stage package.
 
-Stage packages are the design card's folders (pipeline: crawl and shard, queries, trainer) and
+Stage packages are the top-level folders of the stages (pipeline: crawl and shard, queries, trainer) and
 the two that consume their outputs (stats, demo). What they share lives in neutral places:
 ``clipforge.beam`` (the Beam launcher), ``clipforge.schemas`` (the contracts between stages,
 the pair identity included), ``clipforge.limits``. The check reads every import statement
