@@ -9,8 +9,11 @@ The repository keeps one folder per stage; installed, each is a sub-package:
 - ``clipforge.stats``    (``stats/``)    the dataset report (HTML, Markdown, plots, stats.json)
 - ``clipforge.demo``     (``demo/``)     the offline demo web: generator and loopback server
 
-This package itself holds the command line (``clipforge.cli``) and the caps on hostile input
-(``clipforge.limits``).
+This package itself holds the command line (``clipforge.cli`` parses and dispatches,
+``clipforge.help_text`` its long help, ``clipforge.stages`` runs each stage from its config),
+and what the stages share: the Beam launcher (``clipforge.beam``), the errors a user can fix
+(``clipforge.errors``) and the caps on hostile input (``clipforge.limits``). No stage package
+imports another.
 """
 
 __version__ = "0.1.0"

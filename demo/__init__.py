@@ -6,6 +6,7 @@
 - ``concepts`` the visual concepts and how they are drawn
 - ``captions`` alt-text phrasing: English, other languages, junk
 - ``messy``    the failures real crawls meet (404s, endless bodies, bombs, loops, ...)
+- ``chain``    ``make demo``: every stage in order on the demo web, and the demo's defaults
 - ``corpora``  the wiki dump, pageviews and lexicon
 - ``archives`` WARC and WAT writing
 """

@@ -7,5 +7,7 @@ loss.py        symmetric InfoNCE with features gathered across ranks
 train.py       the training loop (`clipforge train`)
 checkpoint.py  atomic checkpoints, OpenAI-format weights
 evalsets.py    ImageFolder trees, labelled shards, parquet pairs for evaluation
-zeroshot.py    zero-shot classification, retrieval and CLIP score (`clipforge eval`, `score`)
+zeroshot.py    zero-shot classification, retrieval and CLIP score
+evaluate.py    `clipforge eval`: a checkpoint on its evaluation sets, results written out
+score.py       `clipforge score`: CLIP score of pairs, a parquet and its quantiles
 """
