@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from clipforge.pipeline import readers
 from clipforge.pipeline.fetch import Guard, NameResolutionError, RefusedAddress
@@ -31,6 +30,7 @@ from clipforge.pipeline.shard import order_key, publish_shard
 from clipforge.schemas import pairs as pair_ids
 from clipforge.schemas.files import write_stats
 from clipforge.schemas.validate import read_tar_samples
+from clipforge.schemas.tars import TarSink
 
 
 def reason_of(status, message):
@@ -129,7 +129,7 @@ def _convert(out, index, rows, samples, by_uid):
     fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=f"{name}.tar.", dir=out)
     os.close(fd)
     converted = []
-    with wds.TarWriter(tmp) as sink:
+    with TarSink(tmp) as sink:
         for pos, r in enumerate(rows):
             key = f"{index:06d}{pos:06d}"
             pair = by_uid[r["uid"]]
@@ -154,7 +154,7 @@ def _refused_shard(out, index, pairs, refused):
     name = f"{index:06d}"
     fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=f"{name}.tar.", dir=out)
     os.close(fd)
-    with wds.TarWriter(tmp):
+    with TarSink(tmp):
         pass
     rows = [_row(f"{index:06d}{pos:06d}", name, p, *refused[p["uid"]]) for pos, p in enumerate(pairs)]
     publish_shard(out, name, tmp, rows)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge.beam import FinishWithStats
@@ -37,6 +36,7 @@ from clipforge.pipeline.images import ImageConfig, process
 from clipforge.schemas import pairs as pair_ids
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import validate_table
+from clipforge.schemas.tars import TarSink
 
 log = logging.getLogger("clipforge.shard")
 
@@ -189,7 +189,7 @@ class FetchShard(beam.DoFn):
         fd, tmp_tar = tempfile.mkstemp(suffix=".tmp", prefix=f"{name}.tar.", dir=self.cfg.out if local else None)
         os.close(fd)
         try:
-            with wds.TarWriter(tmp_tar) as sink:
+            with TarSink(tmp_tar) as sink:
                 for pos, (pair, (status, error, img)) in enumerate(zip(pairs, self.pool.map(self._one, pairs))):
                     key = f"{index:06d}{pos:06d}"
                     row = {"key": key, "uid": pair["uid"], "url": pair["url"], "text": pair["text"],

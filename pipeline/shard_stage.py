@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 from clipforge import limits
@@ -25,6 +24,7 @@ from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes, write_stats
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import read_tar_samples
+from clipforge.schemas.tars import TarSink
 
 log = logging.getLogger("clipforge.shard")
 
@@ -225,7 +225,7 @@ def _write_remote_sizes(out, sizes):
 
 def _rewrite_without(tar, keys):
     tmp = tar + ".tmp"
-    with wds.TarWriter(tmp) as sink:
+    with TarSink(tmp) as sink:
         for sample in read_tar_samples(tar):
             if sample["__key__"] not in keys:
                 sink.write(sample)

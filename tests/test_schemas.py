@@ -270,3 +270,33 @@ def test_read_tar_samples_groups_members(tmp_path):
     samples = list(read_tar_samples(tmp_path / "s.tar"))
     assert [s["__key__"] for s in samples] == ["a1", "a2"]
     assert sorted(samples[0]) == ["__key__", "jpg", "json", "txt"]
+
+
+def test_tar_sink_writes_what_webdataset_reads(tmp_path):
+    """The stdlib shard writer against webdataset's own reader (the trainer's) and its writer's layout."""
+    from clipforge.schemas.tars import TarSink
+    samples = [{"__key__": f"000000{i:06d}", "jpg": bytes([i]) * (i * 700 + 1), "txt": f"caption {i} é",
+                "json": json.dumps({"i": i}).encode()} for i in range(5)]
+    ours, theirs = tmp_path / "ours.tar", tmp_path / "theirs.tar"
+    with TarSink(str(ours)) as sink:
+        for s in samples:
+            sink.write(s)
+    with wds.TarWriter(str(theirs)) as sink:
+        for s in samples:
+            sink.write(s)
+    import tarfile
+    names = lambda p: [m.name for m in tarfile.open(p)]  # noqa: E731
+    assert names(ours) == names(theirs)
+    got = list(wds.WebDataset(str(ours), shardshuffle=False))
+    assert [g["__key__"] for g in got] == [s["__key__"] for s in samples]
+    for g, s in zip(got, samples):
+        assert g["jpg"] == s["jpg"] and g["txt"].decode() == s["txt"] and json.loads(g["json"]) == json.loads(s["json"])
+    assert [m.mode for m in tarfile.open(ours)] == [m.mode for m in tarfile.open(theirs)]
+
+
+@pytest.mark.parametrize("bad", [{"__key__": "a.b", "jpg": b"x"}, {"__key__": "", "jpg": b"x"},
+                                 {"__key__": "k", "jpg": 3}])
+def test_tar_sink_refuses_bad_samples(tmp_path, bad):
+    from clipforge.schemas.tars import TarSink
+    with TarSink(str(tmp_path / "x.tar")) as sink, pytest.raises(ValueError):
+        sink.write(bad)
