@@ -129,8 +129,11 @@ def _add_shard(sub):
                    help=f"pairs per shard, about {default_help('samples_per_shard')}")
     i.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards (default: 0)")
     f = p.add_argument_group("fetching")
-    f.add_argument("--threads", type=int, default=32, help="concurrent requests per worker (default: 32)")
-    f.add_argument("--per-host", type=int, default=16, help="concurrent requests per host and worker (default: 16)")
+    f.add_argument("--threads", type=int, default=32,
+                   help="transfers in flight per worker, all driven by libcurl from one thread (default: 32)")
+    f.add_argument("--per-host", type=int, default=16, help="transfers in flight per host and worker (default: 16)")
+    f.add_argument("--image-threads", type=int, default=0,
+                   help="threads per worker that decode, resize and encode (default: the CPU count, at most 8)")
     f.add_argument("--timeout", type=float, default=10.0, help="connect and read timeout, seconds (default: 10)")
     f.add_argument("--deadline", type=float, default=20.0, help="overall time per image, seconds (default: 20)")
     f.add_argument("--max-bytes", type=int, default=20 << 20, help="byte cap per image (default: 20 MiB)")

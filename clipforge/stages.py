@@ -162,8 +162,8 @@ def shard_config(a):
     for name in ("image_size", "threads", "per_host", "max_bytes"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    if a.min_size < 0:
-        raise UserError("--min-size must not be negative")
+    if a.min_size < 0 or a.image_threads < 0:
+        raise UserError("--min-size and --image-threads must not be negative")
     if a.samples_per_shard < 1 or a.deadline <= 0 or a.timeout <= 0 or a.max_aspect_ratio < 1:
         raise UserError("--samples-per-shard, --deadline and --timeout must be positive, --max-aspect-ratio >= 1")
     cols = columns(a)
@@ -176,7 +176,8 @@ def shard_config(a):
                       image=ImageConfig(image_size=a.image_size, resize_mode=a.resize_mode.replace("-", "_"),
                                         min_size=a.min_size, max_aspect_ratio=a.max_aspect_ratio,
                                         max_pixels=a.max_pixels),
-                      threads=a.threads, per_host=a.per_host, connect_timeout=a.timeout, read_timeout=a.timeout,
+                      threads=a.threads, image_threads=a.image_threads, per_host=a.per_host,
+                      connect_timeout=a.timeout, read_timeout=a.timeout,
                       deadline=a.deadline, max_bytes=a.max_bytes, retries=a.retries,
                       user_agent=a.user_agent or DEFAULT_USER_AGENT, allow_private=allow,
                       respect_noai=not a.ignore_noai, **cols, progress_every=progress_every(a))

@@ -3,8 +3,8 @@
     pairs ─ SpillPairs ────────► _spill/pNNNNN/*.parquet  (each pair to its shard: a hash of
      (parquet row groups,                                   seed and uid; spilled, not shuffled)
       CSV/TSV/JSONL lists)
-    Fanout(shards) ─ FetchShard   (threads: fetch, check, resize, encode; NNNNNN.tar and
-                                   NNNNNN.parquet written aside, then renamed)
+    Fanout(shards) ─ FetchShard   (libcurl fetches, image threads check, resize, encode;
+                                   NNNNNN.tar and NNNNNN.parquet written aside, then renamed)
 
 A shard is the unit of work and of resume: a shard whose index parquet exists is finished
 and is skipped by a rerun. The stage's launcher then drops images that appear in more than
@@ -20,8 +20,9 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -48,7 +49,8 @@ class ShardConfig:
     samples_per_shard: int = 10_000
     seed: int = 0
     image: ImageConfig = field(default_factory=ImageConfig)
-    threads: int = 32
+    threads: int = 32  # transfers in flight per worker
+    image_threads: int = 0  # threads per worker that decode, resize and encode; 0: the CPU count, at most 8
     per_host: int = 16
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
@@ -159,20 +161,42 @@ class FetchShard(beam.DoFn):
         self.fetcher = Fetcher(connect_timeout=c.connect_timeout, read_timeout=c.read_timeout, deadline=c.deadline,
                                max_bytes=c.max_bytes, max_redirects=c.max_redirects, retries=c.retries,
                                per_host=c.per_host, user_agent=c.user_agent, allow_private=c.allow_private,
-                               respect_noai=c.respect_noai, resolver=self.resolver, pool_size=max(64, c.threads))
-        self.pool = ThreadPoolExecutor(max_workers=c.threads, thread_name_prefix="fetch")
+                               respect_noai=c.respect_noai, resolver=self.resolver)
+        self.pool = ThreadPoolExecutor(max_workers=image_threads(c), thread_name_prefix="image")
 
     def teardown(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _one(self, pair):
-        got = self.fetcher.fetch(pair["url"])
-        if got.reason:
-            return got.reason, got.error, None
-        out = process(got.body, self.cfg.image)
+    def _image(self, body):
+        out = process(body, self.cfg.image)
         if isinstance(out, str):
             return out, None, None
         return "success", None, out
+
+    def _outcomes(self, pairs):
+        """(status, error, image) of each pair, in the pairs' order. libcurl fetches (``threads``
+        transfers at once); the image threads decode, check, resize and encode as bodies arrive.
+        Held at once: the transfers, at most 2 x image threads bodies waiting for a thread, and
+        the encoded images that finished before an earlier pair."""
+        waiting = threading.BoundedSemaphore(2 * self.pool._max_workers)
+        results, next_pos = {}, 0
+
+        def release(_):
+            waiting.release()
+
+        for pos, got in self.fetcher.fetch_many(enumerate(p["url"] for p in pairs), in_flight=self.cfg.threads):
+            if got.reason:
+                results[pos] = (got.reason, got.error, None)
+            else:
+                waiting.acquire()
+                results[pos] = self.pool.submit(self._image, got.body)
+                results[pos].add_done_callback(release)
+            while next_pos in results and _ready(results[next_pos]):
+                yield _value(results.pop(next_pos))
+                next_pos += 1
+        while next_pos < len(pairs):
+            yield _value(results.pop(next_pos))
+            next_pos += 1
 
     def process(self, index):
         name = f"{index:06d}"
@@ -190,7 +214,7 @@ class FetchShard(beam.DoFn):
         os.close(fd)
         try:
             with TarSink(tmp_tar) as sink:
-                for pos, (pair, (status, error, img)) in enumerate(zip(pairs, self.pool.map(self._one, pairs))):
+                for pos, (pair, (status, error, img)) in enumerate(zip(pairs, self._outcomes(pairs))):
                     key = f"{index:06d}{pos:06d}"
                     row = {"key": key, "uid": pair["uid"], "url": pair["url"], "text": pair["text"],
                            "page_url": pair["page_url"], "lang": pair["lang"], "queries": pair["queries"],
@@ -214,6 +238,19 @@ class FetchShard(beam.DoFn):
         log.info("shard %s: %d/%d images in %.1f s (%.0f pairs/s)", name, ok, len(rows), dt, len(rows) / max(dt, 1e-9))
         spill.delete_partition(spill_dir(self.cfg.out), index)
         yield {"shards_written": 1}
+
+
+def image_threads(cfg):
+    """Threads per worker that decode, resize and encode (they release the GIL)."""
+    return cfg.image_threads or max(1, min(8, os.cpu_count() or 1))
+
+
+def _ready(result):
+    return not isinstance(result, Future) or result.done()
+
+
+def _value(result):
+    return result.result() if isinstance(result, Future) else result
 
 
 def publish_shard(out, name, local_tar, rows):

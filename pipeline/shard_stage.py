@@ -123,7 +123,8 @@ def _settings(cfg):
     i = cfg.image
     return {"image_size": i.image_size, "resize_mode": i.resize_mode, "min_size": i.min_size,
             "max_aspect_ratio": i.max_aspect_ratio, "max_pixels": i.max_pixels, "samples_per_shard": cfg.samples_per_shard,
-            "seed": cfg.seed, "threads": cfg.threads, "per_host": cfg.per_host, "deadline": cfg.deadline,
+            "seed": cfg.seed, "threads": cfg.threads, "image_threads": cfg.image_threads, "per_host": cfg.per_host,
+            "deadline": cfg.deadline,
             "max_bytes": cfg.max_bytes, "allow_private_hosts": cfg.allow_private, "respect_noai": cfg.respect_noai}
 
 
