@@ -137,6 +137,99 @@ def test_resumed_stream_continues_with_the_same_batches(shards, tokenizer):
         assert seen + rest == full, k
 
 
+_OPENED = {"fd": None}
+
+
+def _log_tar_opens(event, args):
+    """An audit hook (inherited by forked loader workers): every .tar the process opens, one line each."""
+    if event == "open" and _OPENED["fd"] is not None and isinstance(args[0], str) and args[0].endswith(".tar"):
+        os.write(_OPENED["fd"], (args[0] + "\n").encode())
+
+
+@contextlib.contextmanager
+def _tar_opens(path):
+    if not getattr(_log_tar_opens, "installed", False):
+        sys.addaudithook(_log_tar_opens)
+        _log_tar_opens.installed = True
+    opened = []
+    _OPENED["fd"] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC)
+    try:
+        yield opened
+    finally:
+        os.close(_OPENED["fd"])
+        _OPENED["fd"] = None
+        opened += Path(path).read_text().splitlines()
+
+
+def test_late_resume_opens_only_the_current_shards(tmp_path, tokenizer):
+    """Resuming deep into an epoch: each worker opens only the shard it was reading (and the one
+    before when its shuffle buffer still holds samples of it), not the shards it consumed before
+    the checkpoint; the batches after it are those of the uninterrupted run, also when a worker
+    had reached the end of its stream and was emptying its shuffle buffer."""
+    d = write_shards(tmp_path / "s", n_shards=12, per_shard=16)
+    cfg = DataConfig(expand_shards(str(d)), batch_size=4, image_size=32, seed=5, workers=2, shuffle_buffer=3)
+    with _tar_opens(tmp_path / "full.log") as opened_full:
+        full = [item["keys"] for item in make_loader(cfg, tokenizer, 0) if item["images"] is not None]
+    assert sorted(set(opened_full)) == sorted(cfg.shards)     # the epoch reads all 12 shards (6 per worker)
+    assert len(full) == 2 * (96 // 4)
+    for k in (20, 42, 45, 47):       # mid-epoch; then late: each worker in its 6th and last shard, then its drain
+        state, seen = LoaderState(2), []
+        it = iter(make_loader(cfg, tokenizer, 0))
+        while len(seen) < k:
+            item = next(it)
+            state.consume(item)
+            if item["images"] is not None:
+                seen.append(item["keys"])
+        del it
+        with _tar_opens(tmp_path / f"resume{k}.log") as opened:
+            rest = [item["keys"] for item in make_loader(cfg, tokenizer, 0, state=state) if item["images"] is not None]
+        assert seen + rest == full, k
+        assert len(opened) == len(set(opened)), opened             # no shard opened twice
+        if k >= 42:     # the last shard of each worker and, for its buffer, at most the one before (not 6 each)
+            assert len(opened) <= 4, (k, opened)
+    # Renaming the shards read before the checkpoint away does not matter to the resumed run.
+    keep = set(opened)
+    for url in cfg.shards:
+        if url not in keep:
+            os.rename(url, url + ".gone")
+    rest = [item["keys"] for item in make_loader(cfg, tokenizer, 0, state=state) if item["images"] is not None]
+    assert seen + rest == full
+
+
+def test_resume_without_sizes_with_shared_shards_and_resampled(tmp_path, shards, tokenizer):
+    """The shuffle state restores the same batches when shards are dealt whole (no sizes.json),
+    when slots share a shard (every n-th sample), and in resampled mode."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for url in expand_shards(str(shards)):
+        shutil.copy(url, bare)
+    cases = [(DataConfig(expand_shards(str(bare)), 8, 32, seed=2, workers=2, shuffle_buffer=10), 0, 1, None),
+             (DataConfig(expand_shards(str(bare))[:1], 4, 32, seed=2, workers=2, shuffle_buffer=5), 1, 2, None),
+             (DataConfig(expand_shards(str(shards)), 8, 32, seed=2, workers=2, shuffle_buffer=10, resampled=True),
+              0, 1, 40)]
+    for cfg, rank, world, limit in cases:
+        def batches(state=None, n=limit):
+            out = []
+            for item in make_loader(cfg, tokenizer, 0, rank, world, state):
+                if item["images"] is not None:
+                    out.append(item["keys"])
+                if n is not None and len(out) == n:
+                    break
+            return out
+        full = batches()
+        k = len(full) * 3 // 4
+        state, seen, it = LoaderState(2), [], iter(make_loader(cfg, tokenizer, 0, rank, world))
+        while len(seen) < k:
+            item = next(it)
+            state.consume(item)
+            if item["images"] is not None:
+                seen.append(item["keys"])
+        del it
+        assert seen + batches(state, None if limit is None else limit - k) == full, (rank, world, limit)
+
+
 def _bad_samples(shard_index, writer):
     import io
 

@@ -11,8 +11,13 @@ fewer shards than slots, every slot reads all shards and keeps every n-th sample
 shuffle buffer mixes samples; the random crop of each sample is seeded by its
 position. In resampled mode each slot draws shards with replacement, endlessly.
 
-Every item a worker yields carries its position in the worker's stream, so the trainer can
-checkpoint the exact data position (`LoaderState`) and a resumed run sees the same batches.
+Every item a worker yields carries its position in the worker's stream and the state of its
+shuffle buffer (which samples it holds, named by shard piece and offset, the last sample read and
+the generator's state), so the trainer can checkpoint the exact data position (`LoaderState`) and
+a resumed run sees the same batches. A resumed worker opens only the shards that hold a sample of
+its buffer or the next sample to read (the current shard, rarely the one before): shards consumed
+before the checkpoint are not opened, so resuming costs the same at any depth of an epoch. Within
+those shards, samples before the cursor are read through the tar stream but not decoded.
 PyTorch's DataLoader takes items from its workers round-robin; on resume, worker slots are
 rotated so the round-robin continues where it stopped.
 
@@ -224,20 +229,78 @@ class LoaderState:
     cursors: list[int] = field(default_factory=list)   # samples each worker's shuffle has emitted and we used
     done: list[bool] = field(default_factory=list)      # workers whose stream ended this epoch
     last_worker: int = -1                               # the worker whose item was consumed last
+    shuffles: list = field(default_factory=list)        # each worker's shuffle state at its cursor (None: not yet)
 
     def __post_init__(self):
         self.cursors = self.cursors or [0] * self.workers
         self.done = self.done or [False] * self.workers
+        self.shuffles = self.shuffles or [None] * self.workers
 
     def consume(self, item: dict):
         w = item["worker"]
         self.cursors[w] = item["cursor"]
         self.done[w] = self.done[w] or item.get("end", False)
+        if "shuffle" in item:
+            self.shuffles[w] = item["shuffle"]
         self.last_worker = w
 
     def to_dict(self) -> dict:
         return {"workers": self.workers, "cursors": list(self.cursors), "done": list(self.done),
-                "last_worker": self.last_worker}
+                "last_worker": self.last_worker, "shuffles": list(self.shuffles)}
+
+
+class ShardsChanged(InputError):
+    """A resumed stream did not find, where the checkpoint says, a sample its shuffle buffer held."""
+
+
+class _Shuffle:
+    """A seeded shuffle buffer whose state can be written down and restored without re-reading
+    the stream: the samples it holds are named by their `__pos__` (piece, offset in the shard,
+    index in the slot's stream), with the last sample read and the generator's state."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size, self.rng, self.buf, self.last, self.draining = max(1, size), rng, [], None, False
+
+    def state(self) -> dict:
+        return {"buffer": [s["__pos__"] for s in self.buf], "last": self.last, "rng": self.rng.getstate(),
+                "draining": self.draining}
+
+    def restore(self, state: dict, samples):
+        """Take the buffer's samples from `samples` (which yields them first, in stream order)."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.last, self.draining = tuple(state["last"]) if state["last"] else None, state["draining"]
+        wanted = [tuple(p) for p in state["buffer"]]
+        names = {p[:2]: p for p in wanted}     # (piece, offset): the stream index is known only here
+        found = {}
+        for sample in samples if wanted else ():
+            pos = tuple(sample["__pos__"])[:2]
+            if pos not in names:
+                raise ShardsChanged(f"resume: the shards changed since the checkpoint ({sample.get('__url__', '?')} "
+                                    f"sample {pos[1]} is not where the checkpoint's buffer says)")
+            sample["__pos__"] = names[pos]
+            found[pos] = sample
+            if len(found) == len(wanted):
+                break
+        if len(found) != len(wanted):
+            raise ShardsChanged("resume: the shards changed since the checkpoint (samples it held are gone)")
+        self.buf = [found[p[:2]] for p in wanted]
+
+    def run(self, samples):
+        if not self.draining:
+            for sample in samples:
+                self.last = tuple(sample["__pos__"])
+                if len(self.buf) < self.size:
+                    self.buf.append(sample)
+                    continue
+                i = self.rng.randrange(self.size)
+                self.buf[i], sample = sample, self.buf[i]
+                yield sample
+            self.draining = True
+            self.rng.shuffle(self.buf)
+            self.buf.reverse()          # popped from the end: the shuffled order
+        while self.buf:
+            yield self.buf.pop()
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -267,80 +330,92 @@ class ShardStream(torch.utils.data.IterableDataset):
         return random.Random(int.from_bytes(digest[:8], "little"))
 
     def _shard_plan(self, worker: int, workers: int):
-        """(shard URLs for this slot, sample split): the split is a list of (first, end) sample
-        ranges, one per URL, when shard sizes are known; (slot, slots) when slots share shards
-        without them; None when the slot reads its shards whole."""
+        """(pieces, modulo): the pieces this slot reads in order, (url, first sample, end or None);
+        modulo is (slot, slots) when slots share whole shards (too few shards, no sizes) and each
+        keeps every slots-th sample of the stream, else None."""
         urls = list(self.cfg.shards)
         slots, slot = self.world * workers, self.rank * workers + worker
         if self.cfg.resampled:
             rng = self._rng("resample", worker)
-            return (rng.choice(urls) for _ in iter(int, 1)), None
+            return ((rng.choice(urls), 0, None) for _ in iter(int, 1)), None
         sizes = shard_sizes(urls)
         order = list(range(len(urls)))
         self._rng("shards", per_rank=False).shuffle(order)   # the same order on every rank and worker
         urls = [urls[i] for i in order]
         if sizes is not None:
-            pieces = slot_ranges([sizes[i] for i in order], slots, slot)
-            return [urls[i] for i, _, _ in pieces], [(a, b) for _, a, b in pieces]
+            return [(urls[i], a, b) for i, a, b in slot_ranges([sizes[i] for i in order], slots, slot)], None
         if len(urls) >= slots:
-            return urls[slot::slots], None
-        return urls, (slot, slots)          # too few shards: everyone reads all, keeps every slots-th sample
+            return [(u, 0, None) for u in urls[slot::slots]], None
+        return [(u, 0, None) for u in urls], (slot, slots)   # too few shards: everyone reads all, keeps every n-th
 
-    def _raw_samples(self, worker: int, workers: int, skipped: Counter):
+    def _raw_samples(self, worker: int, workers: int, skipped: Counter, resume: dict | None = None):
+        """The slot's samples in stream order, each with its `__pos__` (piece, offset in the shard,
+        index in the stream). Resuming from a shuffle state, the samples its buffer held come
+        first, then those after its last read; pieces holding neither are not opened."""
         from webdataset.tariterators import tarfile_samples
 
         def handler(exn):
             skipped["tar_unreadable"] += 1
             return True
 
-        urls, split = self._shard_plan(worker, workers)
-        if isinstance(split, list):     # sample ranges of shards: read each up to its range's end
-            for url, (first, end) in zip(urls, split):
-                for index, sample in enumerate(tarfile_samples([{"url": url}], handler=handler)):
-                    if index >= end:
+        pieces, modulo = self._shard_plan(worker, workers)
+        last, wanted = None, {}
+        if resume is not None:
+            last = tuple(resume["last"])
+            for p, o, _ in resume["buffer"]:
+                wanted.setdefault(p, set()).add(o)
+        base = 0    # stream index of the piece's first sample
+        for p, (url, first, end) in enumerate(pieces):
+            if last is not None and p < last[0]:
+                need = wanted.get(p)
+                if not need:
+                    continue        # read before the checkpoint and not in the buffer: never opened
+                for o, sample in enumerate(tarfile_samples([{"url": url}], handler=handler)):
+                    if o > max(need):
                         break
-                    if index >= first:
+                    if o in need:
+                        sample["__pos__"] = (p, o, -1)
                         yield sample
-            return
-        samples = tarfile_samples(({"url": u} for u in urls), handler=handler)
-        if split is None:
-            yield from samples
-            return
-        slot, slots = split
-        for index, sample in enumerate(samples):
-            if index % slots == slot:
-                yield sample
-
-    def _shuffled(self, samples, worker: int):
-        """A seeded shuffle buffer: the same samples in the same order for a given seed and epoch."""
-        size = max(1, self.cfg.shuffle_buffer)
-        rng = self._rng("buffer", worker)
-        buf = []
-        for sample in samples:
-            if len(buf) < size:
-                buf.append(sample)
                 continue
-            i = rng.randrange(size)
-            buf[i], sample = sample, buf[i]
-            yield sample
-        rng.shuffle(buf)
-        yield from buf
+            if last is not None and p == last[0]:
+                base = last[2] - last[1]
+            need = wanted.get(p, ()) if last is not None and p == last[0] else ()
+            o = -1
+            for o, sample in enumerate(tarfile_samples([{"url": url}], handler=handler)):
+                if end is not None and o >= end:
+                    break
+                if o < first:
+                    continue
+                old = last is not None and (p, o) <= last[:2]
+                if old and o not in need:
+                    continue        # consumed before the checkpoint: not decoded again
+                if not old and modulo is not None and (base + o) % modulo[1] != modulo[0]:
+                    continue
+                sample["__pos__"] = (p, o, base + o)
+                yield sample
+            if modulo is not None:
+                base += o + 1
 
     def __iter__(self):
         worker, workers = self._worker()
-        skip = 0
+        skip, resume = 0, None
         if self.state is not None:
             if self.state.done[worker]:
                 return
-            skip = self.state.cursors[worker]
+            skip, resume = self.state.cursors[worker], self.state.shuffles[worker]
         cfg = self.cfg
         skipped: Counter = Counter()
         images, texts, keys = [], [], []
         position, bad_run, used = 0, 0, 0
-        for sample in self._shuffled(self._raw_samples(worker, workers, skipped), worker):
+        shuffle = _Shuffle(cfg.shuffle_buffer, self._rng("buffer", worker))
+        raw = self._raw_samples(worker, workers, skipped, resume)
+        if resume is not None:
+            shuffle.restore(resume, raw)
+            position, skip = skip, 0
+        for sample in shuffle.run(raw):
             position += 1
             if position <= skip:
-                continue   # already consumed before the checkpoint: not decoded again
+                continue   # a checkpoint without the shuffle's state: re-read up to the cursor, not decoded
             reason, image = None, None
             data, text = sample_image(sample), sample_text(sample)
             if data is None:
@@ -370,7 +445,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             if len(images) == cfg.batch_size:
                 used += len(images)
                 yield {"images": torch.from_numpy(np.stack(images)), "texts": self.tokenizer(texts),
-                       "keys": keys, "worker": worker, "cursor": position, "skipped": dict(skipped)}
+                       "keys": keys, "worker": worker, "cursor": position, "skipped": dict(skipped),
+                       "shuffle": shuffle.state()}
                 images, texts, keys = [], [], []
                 skipped = Counter()
         # The tail that does not fill a batch is left for the next epoch's shuffle (counted, not trained).
