@@ -183,8 +183,10 @@ def markdown(sections, packages=("clipforge", "img2dataset", "apache-beam", "tor
     for module, sec in sections.items():
         results = [Result(**row) for row in sec["rows"]]
         lines += ["", f"## {module.removeprefix('bench_')}", "",
-                  f"Measured {sec['measured']} with `{sec['command']}` on {sec['machine']}.", "",
-                  "| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
+                  f"Measured {sec['measured']} with `{sec['command']}` on {sec['machine']}.", ""]
+        if sec.get("about"):
+            lines += [sec["about"].strip(), ""]
+        lines += ["| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
                   "|---|---|---|---|---|---|---|"]
         for r in results:
             mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"

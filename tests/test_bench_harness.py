@@ -25,6 +25,11 @@ def test_ratio_is_peer_time_over_ours_and_report_lists_it():
                                          "machine": "a CPU, 2 cores", "rows": [dataclasses.asdict(r)]}})
     assert "| sum | range(10000) | 5,000 numbers/s | naive | 2,000 numbers/s | **2.50x** |  |" in md
     assert "cores" in md and "- **sum**: toy" in md and "## toy" in md and "Measured 2026-01-01" in md
+    assert "Profile" not in md
+    md = harness.markdown({"bench_toy": {"measured": "2026-01-01 00:00 UTC", "command": "make bench",
+                                         "machine": "a CPU, 2 cores", "rows": [dataclasses.asdict(r)],
+                                         "about": "Profile: where the time goes.\n"}})
+    assert "on a CPU, 2 cores.\n\nProfile: where the time goes.\n\n| benchmark |" in md
 
 
 def test_subprocess_benchmarks_record_peak_memory_of_the_process_tree():
