@@ -26,6 +26,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
+from clipforge.schemas.phash import phash
+
 RESIZE_MODES = ("keep_ratio", "center_crop", "no")
 
 
@@ -47,6 +49,7 @@ class Encoded:
     original_width: int
     original_height: int
     sha256: str
+    phash: int = None  # schemas.phash of the stored pixels (before JPEG encoding)
 
 
 def process(body, cfg):
@@ -76,9 +79,9 @@ def process(body, cfg):
         arr = _turbo_decode(body, img.size, cfg.image_size / min(w, h), orientation)
         if arr is not None:
             arr = _resize_array(arr, (w, h), cfg)
-            jpg = simplejpeg.encode_jpeg(np.ascontiguousarray(arr), quality=cfg.quality, colorspace="RGB",
-                                         colorsubsampling="420")
-            return Encoded(jpg, arr.shape[1], arr.shape[0], w, h, hashlib.sha256(jpg).hexdigest())
+            arr = np.ascontiguousarray(arr)
+            jpg = simplejpeg.encode_jpeg(arr, quality=cfg.quality, colorspace="RGB", colorsubsampling="420")
+            return Encoded(jpg, arr.shape[1], arr.shape[0], w, h, hashlib.sha256(jpg).hexdigest(), phash(arr))
     try:
         if img.format == "JPEG" and cfg.resize_mode != "no":
             scale = cfg.image_size / min(w, h)
@@ -93,7 +96,7 @@ def process(body, cfg):
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=cfg.quality)
     jpg = buf.getvalue()
-    return Encoded(jpg, img.width, img.height, w, h, hashlib.sha256(jpg).hexdigest())
+    return Encoded(jpg, img.width, img.height, w, h, hashlib.sha256(jpg).hexdigest(), phash(np.asarray(img)))
 
 
 # EXIF orientation -> the same transform as ImageOps.exif_transpose, on an (h, w, 3) array

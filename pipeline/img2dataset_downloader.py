@@ -23,14 +23,16 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import simplejpeg
 
 from clipforge.pipeline import readers
 from clipforge.pipeline.fetch import Guard, NameResolutionError, RefusedAddress
 from clipforge.pipeline.shard import order_key, publish_shard
 from clipforge.schemas import pairs as pair_ids
 from clipforge.schemas.files import write_stats
-from clipforge.schemas.validate import read_tar_samples
+from clipforge.schemas.phash import phash
 from clipforge.schemas.tars import TarSink
+from clipforge.schemas.validate import read_tar_samples
 
 
 def reason_of(status, message):
@@ -117,11 +119,19 @@ def run(cfg, beam_flags=()):
     return stats
 
 
+def _phash_of(jpg):
+    """schemas.phash of img2dataset's JPEG (its luma, decoded by libjpeg-turbo); None if damaged."""
+    try:
+        return phash(simplejpeg.decode_jpeg(jpg, "gray")[:, :, 0])
+    except (ValueError, RuntimeError):
+        return None
+
+
 def _row(key, name, pair, status, error):
     return {"key": key, "uid": pair["uid"], "url": pair["url"], "text": pair["text"], "page_url": pair["page_url"],
             "lang": pair["lang"], "queries": pair["queries"], "status": status, "error": error,
             "original_width": None, "original_height": None, "width": None, "height": None, "sha256": None,
-            "jpg_bytes": None, "shard": name + ".tar"}
+            "jpg_bytes": None, "shard": name + ".tar", "phash": None}
 
 
 def _convert(out, index, rows, samples, by_uid):
@@ -141,7 +151,7 @@ def _convert(out, index, rows, samples, by_uid):
             jpg = sample["jpg"]
             row = _row(key, name, pair, "success", None)
             row.update(original_width=r["original_width"], original_height=r["original_height"], width=r["width"],
-                       height=r["height"], sha256=hashlib.sha256(jpg).hexdigest(), jpg_bytes=len(jpg))
+                       height=r["height"], sha256=hashlib.sha256(jpg).hexdigest(), jpg_bytes=len(jpg), phash=_phash_of(jpg))
             meta = {k: row[k] for k in ("key", "uid", "url", "text", "page_url", "lang", "queries", "original_width",
                                         "original_height", "width", "height", "sha256")}
             sink.write({"__key__": key, "jpg": jpg, "txt": pair["text"],

@@ -219,10 +219,12 @@ class FetchShard(beam.DoFn):
                     row = {"key": key, "uid": pair["uid"], "url": pair["url"], "text": pair["text"],
                            "page_url": pair["page_url"], "lang": pair["lang"], "queries": pair["queries"],
                            "status": status, "error": error, "original_width": None, "original_height": None,
-                           "width": None, "height": None, "sha256": None, "jpg_bytes": None, "shard": name + ".tar"}
+                           "width": None, "height": None, "sha256": None, "jpg_bytes": None, "shard": name + ".tar",
+                           "phash": None}
                     if img is not None:
                         row.update(original_width=img.original_width, original_height=img.original_height,
-                                   width=img.width, height=img.height, sha256=img.sha256, jpg_bytes=len(img.jpg))
+                                   width=img.width, height=img.height, sha256=img.sha256, jpg_bytes=len(img.jpg),
+                                   phash=img.phash)
                         meta = {k: row[k] for k in ("key", "uid", "url", "text", "page_url", "lang", "queries",
                                                     "original_width", "original_height", "width", "height",
                                                     "sha256")}

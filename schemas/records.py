@@ -13,10 +13,14 @@ QUERY_SOURCES = ("wordnet", "unigram", "bigram", "title", "metadata")
 INPUT_FORMATS = ("wat", "warc", "urllist")
 
 
-def _f(name, type_, nullable=False, checks=(), doc=""):
+def _f(name, type_, nullable=False, checks=(), doc="", optional=False):
+    """A contract's field. ``optional``: added in a later version; files written before it may
+    lack the column, which then reads as nulls."""
     meta = {"doc": doc}
     if checks:
         meta["checks"] = ",".join(checks)
+    if optional:
+        meta["optional"] = "1"
     return pa.field(name, type_, nullable=nullable, metadata=meta)
 
 
@@ -101,8 +105,10 @@ SHARD_INDEX = pa.schema(
         _f("sha256", pa.string(), nullable=True, checks=("hex64",)),
         _f("jpg_bytes", pa.int64(), nullable=True, checks=("positive",)),
         _f("shard", pa.string(), doc="the tar's basename, e.g. 000000.tar"),
+        _f("phash", pa.int64(), nullable=True, optional=True,
+           doc="64-bit perceptual hash of the stored image (schemas.phash); absent in version 2 files"),
     ],
-    metadata={"contract": "shard_index", "version": "2"},
+    metadata={"contract": "shard_index", "version": "3"},
 )
 
 SCHEMAS = {

@@ -53,12 +53,15 @@ def conform(table, schema, where=""):
     Missing columns, incompatible types or values that do not fit raise SchemaError.
     Extra columns are dropped: use this when writing a contract file.
     """
-    missing = [f.name for f in schema if f.name not in table.column_names]
+    missing = [f.name for f in schema if f.name not in table.column_names and not _optional(f)]
     if missing:
         raise SchemaError(f"{_where(where)}: missing column(s) {', '.join(missing)} "
                           f"(contract {schema.metadata.get(b'contract', b'?').decode()})")
     arrays = []
     for f in schema:
+        if f.name not in table.column_names:  # an optional field a file from an earlier version lacks
+            arrays.append(pa.nulls(table.num_rows, f.type))
+            continue
         col = table.column(f.name)
         if not _compatible(col.type, f.type) and not pa.types.is_null(col.type):
             raise SchemaError(f"{_where(where, field=f.name)}: type {col.type}, expected {f.type}")
@@ -67,6 +70,10 @@ def conform(table, schema, where=""):
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise SchemaError(f"{_where(where, field=f.name)}: cannot cast to {f.type}: {e}") from None
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _optional(field):
+    return (field.metadata or {}).get(b"optional") == b"1"
 
 
 def _first_bad(mask):
@@ -138,7 +145,7 @@ def validate_table(table, schema, where="", offset=0):
 
 def validate_records(rows, schema, where=""):
     """Check a list of dicts against a contract; return them as a conformed table."""
-    names = {f.name for f in schema}
+    names = {f.name for f in schema if not _optional(f)}
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise SchemaError(f"{_where(where, i)}: not a mapping but {type(row).__name__}")
@@ -147,7 +154,7 @@ def validate_records(rows, schema, where=""):
             raise SchemaError(f"{_where(where, i)}: missing field(s) {', '.join(sorted(missing))}")
     columns = []
     for f in schema:
-        values = [r[f.name] for r in rows]
+        values = [r.get(f.name) for r in rows]
         try:
             columns.append(pa.array(values, f.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):

@@ -85,3 +85,21 @@ def test_damaged_and_other_jpegs_take_pillows_path():
     _scene(600, 400, 4).convert("CMYK").save(buf, "JPEG", quality=90)
     cmyk = process(buf.getvalue(), ImageConfig(image_size=100))  # libjpeg-turbo's path does not take CMYK
     assert (cmyk.width, cmyk.height) == (150, 100)
+
+
+def test_the_stored_image_carries_its_perceptual_hash():
+    """Both paths (libjpeg-turbo and Pillow) hash the pixels they store: the hash of the stored
+    JPEG, decoded again, is within a few bits."""
+    from clipforge.schemas.phash import distance, phash
+    rng = random.Random(11)
+    img = Image.new("RGB", (640, 480), (30, 90, 160))
+    d = ImageDraw.Draw(img)
+    for _ in range(8):
+        x, y, r = rng.randrange(640), rng.randrange(480), rng.randrange(20, 150)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        out = process(buf.getvalue(), ImageConfig(image_size=128))
+        again = np.asarray(Image.open(io.BytesIO(out.jpg)).convert("RGB"))
+        assert out.phash is not None and distance(out.phash, phash(again)) <= 4, fmt

@@ -300,3 +300,19 @@ def test_tar_sink_refuses_bad_samples(tmp_path, bad):
     from clipforge.schemas.tars import TarSink
     with TarSink(str(tmp_path / "x.tar")) as sink, pytest.raises(ValueError):
         sink.write(bad)
+
+
+def test_an_index_from_before_the_phash_column_reads_with_nulls():
+    """Version 2 shard indexes have no phash column: an optional field reads as nulls; a
+    required one missing is still an error, and a phash of the wrong type is refused."""
+    row = {f.name: None for f in SHARD_INDEX}
+    row.update(key="000000000000", uid="u", url="http://a/x.jpg", text="t", status="http_404", shard="000000.tar")
+    old = pa.table({k: [v] for k, v in row.items() if k != "phash"})
+    got = conform(old, SHARD_INDEX)
+    assert got.column("phash").to_pylist() == [None] and got.schema == SHARD_INDEX
+    with pytest.raises(SchemaError, match="missing column"):
+        conform(old.drop_columns(["uid"]), SHARD_INDEX)
+    with pytest.raises(SchemaError, match="phash"):
+        conform(old.append_column("phash", pa.array(["abc"])), SHARD_INDEX)
+    del row["phash"]
+    assert validate_records([row], SHARD_INDEX).column("phash").null_count == 1
