@@ -331,6 +331,12 @@ def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     wa = torch.load(tmp_path / "straight" / "checkpoints" / "step_00000016.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "killed" / "checkpoints" / "step_00000016.pt", weights_only=True)["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+    # The per-epoch counts survive the kill: the same as the uninterrupted run's, summing to the total.
+    sa, sb = (json.loads((tmp_path / r / "train_stats.json").read_text()) for r in ("straight", "killed"))
+    assert sa["epochs"] == sb["epochs"] and len(sa["epochs"]) == 2
+    for record in sa["epochs"]:
+        assert record["seen"] + sum(record["skipped"].values()) + sum(record["left_out"].values()) == 384
+        assert record["distinct"] == record["seen"] and record["unaccounted"] == 0
     # Resuming with another loader layout is refused in one line.
     bad = _run_train(args + ["--out", str(tmp_path / "killed"), "--resume", "--workers", "1", "--steps", "20"],
                      check=False)

@@ -27,12 +27,12 @@ def _port():
         return s.getsockname()[1]
 
 
-def _ranks(args_of_rank, timeout=300):
+def _ranks(args_of_rank, timeout=300, base=TRAIN):
     """Start world-size-2 ranks with their own arguments; (return code, output) of each, or
     (None, output) for a rank still running at the timeout (then killed)."""
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port()),
            "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(TRAIN + [str(a) for a in args_of_rank(rank)], cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(base + [str(a) for a in args_of_rank(rank)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in (0, 1)]
     out = []
@@ -164,3 +164,33 @@ def test_the_demo_is_not_prepared_by_several_ranks_at_once(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "ranks would all make them at once" in lines[0]
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_an_epoch_over_16_slots_counts_every_sample_in_train_stats(tmp_path):
+    """2 ranks x 8 loader workers over 24 shards of uneven sizes, one epoch at batch 4:
+    train_stats.json's epoch record counts the samples trained on (at least 97% of them, each
+    once: distinct ids), and the rest by reason (each worker's last partial batch, the samples
+    other ranks had left when the first ran out), summing to the shards' total."""
+    import json
+
+    shards = _uneven_shards(tmp_path / "shards")
+    total = sum(json.loads((shards / "sizes.json").read_text()).values())
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "clipforge", "train", "--model", "tiny", "--batch-size", "4", "--epochs", "1",
+            "--workers", "8", "--no-tensorboard", "--save-every", "100000", "--shuffle-buffer", "10",
+            "--log-every", "1000"]
+    results = _ranks(lambda rank: ["--train-data", shards, "--out", out], timeout=400, base=base)
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    stats = json.loads((out / "train_stats.json").read_text())
+    first = stats["epochs"][0]
+    assert first["samples"] == total
+    assert first["seen"] >= 0.97 * total and first["distinct"] == first["seen"]
+    assert set(first["skipped"]) <= {"epoch_tail"} and set(first["left_out"]) <= {"epoch_ended"}
+    assert first["seen"] + sum(first["skipped"].values()) + sum(first["left_out"].values()) == total
+    assert first["unaccounted"] == 0
+    # The run's steps (total // 8) reach into a second epoch, cut short by the end of the run: counted too.
+    assert stats["steps"] == total // 8
+    for record in stats["epochs"][1:]:
+        assert record["seen"] + sum(record["skipped"].values()) + sum(record["left_out"].values()) == total

@@ -405,7 +405,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             skip, resume = self.state.cursors[worker], self.state.shuffles[worker]
         cfg = self.cfg
         skipped: Counter = Counter()
-        images, texts, keys = [], [], []
+        images, texts, keys, ids = [], [], [], []
         position, bad_run, used = 0, 0, 0
         shuffle = _Shuffle(cfg.shuffle_buffer, self._rng("buffer", worker))
         raw = self._raw_samples(worker, workers, skipped, resume)
@@ -442,17 +442,39 @@ class ShardStream(torch.utils.data.IterableDataset):
             images.append(image)
             texts.append(text)
             keys.append(sample.get("__key__", ""))
+            ids.append(sample_id(sample.get("__url__", ""), keys[-1]))
             if len(images) == cfg.batch_size:
                 used += len(images)
                 yield {"images": torch.from_numpy(np.stack(images)), "texts": self.tokenizer(texts),
-                       "keys": keys, "worker": worker, "cursor": position, "skipped": dict(skipped),
-                       "shuffle": shuffle.state()}
-                images, texts, keys = [], [], []
+                       "keys": keys, "ids": np.array(ids, dtype=np.int64), "worker": worker, "cursor": position,
+                       "skipped": dict(skipped), "shuffle": shuffle.state()}
+                images, texts, keys, ids = [], [], [], []
                 skipped = Counter()
         # The tail that does not fill a batch is left for the next epoch's shuffle (counted, not trained).
         if images:
             skipped["epoch_tail"] += len(images)
         yield {"images": None, "worker": worker, "cursor": position, "skipped": dict(skipped), "end": True}
+
+
+def sample_id(url: str, key: str) -> int:
+    """A 64-bit name of a sample (its shard and key), for counting distinct samples in an epoch."""
+    return int.from_bytes(hashlib.blake2b(f"{url}\0{key}".encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def slot_lengths(cfg: DataConfig, epoch: int, rank: int, world: int) -> list[int] | None:
+    """Samples each of a rank's loader workers reads in an epoch, when the shards' sizes say
+    (None in resampled mode or without sizes.json)."""
+    if cfg.resampled:
+        return None
+    workers = max(1, cfg.workers)
+    stream = ShardStream(cfg, None, epoch, rank, world)
+    out = []
+    for worker in range(workers):
+        pieces, modulo = stream._shard_plan(worker, workers)
+        if modulo is not None or any(end is None for _, _, end in pieces):
+            return None
+        out.append(sum(end - first for _, first, end in pieces))
+    return out
 
 
 def _reasons(counts: Counter | dict) -> str:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -26,7 +27,7 @@ from clipforge.errors import UserError
 from clipforge.schemas.files import write_json_atomic
 from clipforge.trainer.checkpoint import TOKEN_IDS, latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
-                                    keys_digest, make_loader, normalize_images)
+                                    keys_digest, make_loader, normalize_images, slot_lengths)
 from clipforge.trainer.loss import clip_loss
 from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config,
                                      openai_state_dict)
@@ -340,6 +341,7 @@ class Run:
                               cfg.shuffle_buffer, cfg.augment)
         step, epoch, in_epoch, state = 0, 0, 0, None
         skipped: Counter = Counter()
+        counts, epochs = _EpochCounts(), []
         if resumed is not None:
             d = resumed["data"]
             step, epoch, in_epoch = resumed["step"], d["epoch"], d["steps_in_epoch"]
@@ -352,6 +354,8 @@ class Run:
                                     f"{mine['workers']}")
             state = LoaderState(**mine)
             skipped.update(d.get("skipped", {}))
+            epochs = d.get("epochs", [])
+            counts = _EpochCounts(**(d.get("epoch_counts") or [{}] * self.world)[self.rank])
             self._truncate_metrics(step)
         autocast = lambda: _autocast(self.device, cfg.precision)   # noqa: E731
         writer = self._tensorboard(step)
@@ -372,9 +376,11 @@ class Run:
             batches, ran_out = iter(loader), False
             while step < total and not (cfg.resampled and in_epoch >= steps_per_epoch):
                 t0 = time.time()
-                batch = self._next_batch(batches, state, skipped)
+                batch = self._next_batch(batches, state, skipped, counts.skipped)
                 if not _all_min(batch is not None, self.device):
                     ran_out = True   # some rank has no full batch left: the epoch ends for all
+                    if batch is not None:
+                        counts.left_out["epoch_ended"] += len(batch["keys"])
                     break
                 t_data = time.time() - t0
                 lr = cosine_lr(step, cfg.lr, warmup, total)
@@ -394,6 +400,7 @@ class Run:
                 optimizer.zero_grad(set_to_none=True)
                 clamp_logit_scale(raw)
                 step, in_epoch, last_loss = step + 1, in_epoch + 1, loss
+                counts.add(batch)
                 dt = time.time() - t0
                 step_times = (step_times + [dt])[-50:]
                 digests = _gather(keys_digest(batch["keys"]))
@@ -415,8 +422,10 @@ class Run:
                              f"scale {float(raw.logit_scale.detach().exp()):.1f} | {global_batch / mean_dt:,.0f} samples/s "
                              f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
                 if step % cfg.save_every == 0 or step == total:
-                    self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped)
+                    self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped, counts, epochs)
             del batches, loader
+            epochs.append(self._epoch_record(epoch, urls, data_cfg, state, counts, "epoch_ended" if ran_out
+                                             else "run_ended"))
             if ran_out and in_epoch == 0:
                 totals = Counter()
                 for c in _gather(dict(skipped)):
@@ -424,13 +433,13 @@ class Run:
                 raise NoUsableSamples(f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples "
                                       f"({_reasons(totals)})")
             if step < total:
-                epoch, in_epoch, state = epoch + 1, 0, None
+                epoch, in_epoch, state, counts = epoch + 1, 0, None, _EpochCounts()
 
         totals: Counter = Counter()
         for c in _gather(dict(skipped)):
             totals.update(c)
         summary = {"steps": step, "epochs_started": epoch + 1, "final_loss": last_loss,
-                   "samples_seen": step * global_batch, "loader_skipped": dict(totals),
+                   "samples_seen": step * global_batch, "loader_skipped": dict(totals), "epochs": epochs,
                    "seconds": round(time.time() - t_start, 1), "checkpoint": str(latest_checkpoint(self.out)),
                    "eval": eval_result}
         if self.main:
@@ -442,11 +451,37 @@ class Run:
                      f"skipped samples: {_reasons(totals)}; checkpoint {summary['checkpoint']}")
         return summary
 
-    def _next_batch(self, batches, state: LoaderState, skipped: Counter):
+    def _epoch_record(self, epoch, urls, data_cfg, state, counts, reason) -> dict:
+        """This epoch's counts over all ranks (every rank calls it): samples trained on, distinct
+        among them, skipped by reason, and left out when the epoch or the run ended with samples
+        still unread (what each worker had not reached, from the shards' sizes). With sizes known,
+        the parts sum to the shards' total; `unaccounted` says by how much they do not."""
+        lengths = slot_lengths(data_cfg, epoch, self.rank, self.world)
+        if lengths is not None and state is not None:
+            for w, n in enumerate(lengths):
+                if not state.done[w] and n > state.cursors[w]:
+                    counts.left_out[reason] += n - state.cursors[w]
+        parts = _gather(counts.to_dict())
+        total = count_samples(urls) if not data_cfg.resampled else None
+        record = {"epoch": epoch, "samples": total, "seen": sum(p["seen"] for p in parts),
+                  # ranks read disjoint pieces of the shards: distinct counts add up across ranks
+                  "distinct": sum(p["distinct"] for p in parts), "skipped": {}, "left_out": {}}
+        for key in ("skipped", "left_out"):
+            c = Counter()
+            for p in parts:
+                c.update(p[key])
+            record[key] = dict(sorted(c.items()))
+        if total is not None and lengths is not None:
+            record["unaccounted"] = total - record["seen"] - sum(record["skipped"].values()) - \
+                sum(record["left_out"].values())
+        return record
+
+    def _next_batch(self, batches, state: LoaderState, skipped: Counter, epoch_skipped: Counter):
         """The next item with images; items that only carry counts are taken into the totals."""
         for item in batches:
             state.consume(item)
             skipped.update(item.get("skipped", {}))
+            epoch_skipped.update(item.get("skipped", {}))
             if item.get("images") is not None:
                 return item
         return None
@@ -476,9 +511,10 @@ class Run:
                                     f"not {getattr(self.cfg, key)!r}")
         return payload
 
-    def _save(self, raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped):
+    def _save(self, raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped, counts, epochs):
         ranks = _gather(state.to_dict())
         all_skipped = _gather(dict(skipped))
+        epoch_counts = _gather(counts.to_dict())
         if not self.main:
             return
         totals = Counter()
@@ -487,7 +523,8 @@ class Run:
         payload = {"model": raw.state_dict(), "model_config": raw.config.to_dict(), "bpe_merges": tokenizer.merges, "token_ids": TOKEN_IDS,
                    "context_length": tokenizer.context_length, "step": step, "optimizer": optimizer.state_dict(),
                    "train_config": asdict(self.cfg),
-                   "data": {"epoch": epoch, "steps_in_epoch": in_epoch, "ranks": ranks, "skipped": dict(totals)}}
+                   "data": {"epoch": epoch, "steps_in_epoch": in_epoch, "ranks": ranks, "skipped": dict(totals),
+                            "epoch_counts": epoch_counts, "epochs": epochs}}
         save_checkpoint(self.out, step, payload, keep=self.cfg.keep)
 
     def _truncate_metrics(self, step: int):
@@ -537,6 +574,26 @@ class Run:
             self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                                           if isinstance(v, float)))
         return result
+
+
+class _EpochCounts:
+    """One rank's counts for the epoch under way. Distinct samples are counted from 64-bit sample
+    ids kept for the epoch (8 bytes a sample); across a resume, the part before it is a count."""
+
+    def __init__(self, seen: int = 0, distinct: int = 0, skipped=None, left_out=None):
+        self.seen, self.distinct_before = seen, distinct
+        self.skipped, self.left_out = Counter(skipped or {}), Counter(left_out or {})
+        self.ids: list[np.ndarray] = []
+
+    def add(self, batch: dict):
+        self.seen += len(batch["keys"])
+        if "ids" in batch:
+            self.ids.append(np.asarray(batch["ids"]))
+
+    def to_dict(self) -> dict:
+        self.ids = [np.unique(np.concatenate(self.ids))] if self.ids else []
+        return {"seen": self.seen, "distinct": self.distinct_before + (self.ids[0].size if self.ids else 0),
+                "skipped": dict(self.skipped), "left_out": dict(self.left_out)}
 
 
 def _reasons(counts) -> str:
