@@ -46,8 +46,9 @@ def grey(pixels):
 
 def phash_small(small):
     """The hash of a 32x32 grey image (the step after shrinking), as a signed 64-bit int."""
-    low = _BASIS @ np.asarray(small, dtype=np.float64) @ _BASIS.T  # the 8x8 lowest frequencies
-    bits = (low > np.median(low)).ravel()
+    low = (_BASIS @ np.asarray(small, dtype=np.float64) @ _BASIS.T).ravel()  # the 8x8 lowest frequencies
+    middle = np.sort(low)[31:33]  # the median of 64 values (np.median is 5x slower on so few)
+    bits = low > (middle[0] + middle[1]) / 2
     return int(np.sum(_WEIGHTS[bits], dtype=np.uint64).astype(np.int64))
 
 
