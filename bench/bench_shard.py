@@ -38,6 +38,28 @@ N_BASE = 300  # distinct scenes; each image is a distinct crop, flip and re-enco
 SETS = ("800x600", "1600x1200", "varied")
 QUALITY_SAMPLE = 400  # images per tool compared with the reference
 
+ABOUT = """\
+Where a shard worker's time goes (issue 16), measured with py-spy (250 Hz, `--subprocesses`) on
+the varied set, one Beam worker (`--direct_num_workers=1`, 32 transfers, 2 image threads), as a
+share of the worker process's samples, 2026-11-28:
+
+- Before: HTTP through urllib3 from 32 Python threads took about half of the samples (the pool's
+  lock, socket reads, threads waiting for the GIL); fetch alone cost 1.52 ms of CPU per image on
+  loopback. Start-up cost 12 s of wall time for a 6-pair run, 2.4 s of it in each process
+  importing torch, because `import webdataset` imports it.
+- Changes: shards are written with the standard library's tarfile (no torch import: a 6-pair run
+  now takes 6 s); libcurl's multi interface (pycurl) drives all transfers of a worker from one
+  thread (0.26 ms of CPU per image) and hands bodies to image threads, which release the GIL in
+  libjpeg-turbo and OpenCV; bilinear instead of bicubic after the scaled decode (cheaper and
+  1.5 dB closer to the reference on 800x600).
+- After: JPEG decode 23%, the perceptual hash added for issue 17 10% (since halved: np.median
+  replaced by a sort), JPEG encode 5%, resize 5%, tar writing 3%, Pillow's header and EXIF read
+  2%, libcurl and its callbacks 2%; hand-offs between the fetch loop and the image threads
+  (semaphore, GIL) about 20%; Beam's harness, gRPC and start-up imports about 15%. The decode is
+  mostly entropy decoding, which a scaled decode does not shrink: decoding a 145 kB 800x600 JPEG
+  at half size costs 2.7 ms, at full size 2.8 ms.
+"""
+
 
 def photo_like(rng, w=800, h=600):
     """A smooth gradient with shapes, blur and noise: compresses like a photo (~100 kB)."""
@@ -229,5 +251,5 @@ def _comparison(workdir, root, port, name):
                f"{cpu_ours:.2f} ms, img2dataset {cpu_peer:.2f} ms. Quality, mean PSNR over {QUALITY_SAMPLE} "
                f"images against the reference resize (Pillow full decode, LANCZOS, JPEG q95): clipforge "
                f"{q_ours:.2f} dB, img2dataset {q_peer:.2f} dB. clipforge decodes JPEGs with libjpeg-turbo at "
-               f"the smallest n/8 scale at least the target size and resamples with OpenCV; img2dataset "
-               f"decodes at full size."))
+               f"the smallest n/8 scale at least the target size and resamples with OpenCV (bilinear for "
+               f"the factor under 2x that is left); img2dataset decodes at full size and resamples by area."))
