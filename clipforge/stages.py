@@ -164,6 +164,8 @@ def shard_config(a):
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if a.min_size < 0 or a.image_threads < 0:
         raise UserError("--min-size and --image-threads must not be negative")
+    if a.near_dup_distance is not None and not 0 <= a.near_dup_distance <= 32:
+        raise UserError("--near-dup-distance must be 0 to 32 bits (of 64)")
     if a.samples_per_shard < 1 or a.deadline <= 0 or a.timeout <= 0 or a.max_aspect_ratio < 1:
         raise UserError("--samples-per-shard, --deadline and --timeout must be positive, --max-aspect-ratio >= 1")
     cols = columns(a)
@@ -176,7 +178,8 @@ def shard_config(a):
                       image=ImageConfig(image_size=a.image_size, resize_mode=a.resize_mode.replace("-", "_"),
                                         min_size=a.min_size, max_aspect_ratio=a.max_aspect_ratio,
                                         max_pixels=a.max_pixels),
-                      threads=a.threads, image_threads=a.image_threads, per_host=a.per_host,
+                      threads=a.threads, image_threads=a.image_threads, near_dup_distance=a.near_dup_distance,
+                      per_host=a.per_host,
                       connect_timeout=a.timeout, read_timeout=a.timeout,
                       deadline=a.deadline, max_bytes=a.max_bytes, retries=a.retries,
                       user_agent=a.user_agent or DEFAULT_USER_AGENT, allow_private=allow,

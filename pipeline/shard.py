@@ -65,6 +65,7 @@ class ShardConfig:
     text_col: str = None
     page_col: str = None
     no_header: bool = False  # CSV/TSV URL lists without a header row: the *_col are 1-based positions
+    near_dup_distance: int = None  # drop near-duplicate images within this many bits of perceptual hash
     progress_every: float = 10.0  # seconds between whole-stage progress lines; 0: none
 
 

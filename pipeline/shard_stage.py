@@ -22,6 +22,7 @@ from clipforge.errors import InputError
 from clipforge.pipeline import progress, readers, spill
 from clipforge.pipeline.shard import ShardConfig, build, spill_dir
 from clipforge.schemas.files import Funnel, write_sizes, write_stats
+from clipforge.schemas.phash import HashIndex, distance
 from clipforge.schemas.records import SHARD_INDEX
 from clipforge.schemas.validate import read_tar_samples
 from clipforge.schemas.tars import TarSink
@@ -85,7 +86,8 @@ def run(cfg: ShardConfig, n_pairs, beam_flags=()):
     FileSystems.delete([stats_path])
     if FileSystems.exists(spill_dir(cfg.out)):
         FileSystems.delete([spill_dir(cfg.out)])
-    stats = finish(cfg.out, {k[len("drop_"):]: v for k, v in c.items() if k.startswith("drop_") and v})
+    stats = finish(cfg.out, {k[len("drop_"):]: v for k, v in c.items() if k.startswith("drop_") and v},
+                   near_dup_distance=cfg.near_dup_distance)
     stats["extra"].update(shards_written=c.get("shards_written", 0), shards_reused=c.get("shards_reused", 0),
                           seconds=round(time.time() - t0, 2), settings=_settings(cfg),
                           limits={"max_csv_field_chars": limits.MAX_CSV_FIELD_CHARS})
@@ -124,7 +126,7 @@ def _settings(cfg):
     return {"image_size": i.image_size, "resize_mode": i.resize_mode, "min_size": i.min_size,
             "max_aspect_ratio": i.max_aspect_ratio, "max_pixels": i.max_pixels, "samples_per_shard": cfg.samples_per_shard,
             "seed": cfg.seed, "threads": cfg.threads, "image_threads": cfg.image_threads, "per_host": cfg.per_host,
-            "deadline": cfg.deadline,
+            "deadline": cfg.deadline, "near_dup_distance": cfg.near_dup_distance,
             "max_bytes": cfg.max_bytes, "allow_private_hosts": cfg.allow_private, "respect_noai": cfg.respect_noai}
 
 
@@ -140,15 +142,18 @@ def _remove_leftovers(out):
             os.unlink(os.path.join(out, name))
 
 
-def finish(out, unread=None):
-    """Drop duplicate images across shards (the smallest uid keeps its sample), write sizes.json,
-    and return the funnel computed from the shard indexes (so a resumed run counts the same),
-    plus ``unread``: {reason: rows of the input that could not be read as pairs}.
+def finish(out, unread=None, near_dup_distance=None):
+    """Drop duplicate images across shards (the smallest uid keeps its sample), then, when
+    ``near_dup_distance`` is given, near-duplicates (perceptual hashes within that Hamming
+    distance: ``near_duplicate_owners``); write sizes.json, and return the funnel computed from
+    the shard indexes (so a resumed run counts the same), plus ``unread``: {reason: rows of the
+    input that could not be read as pairs}.
 
     Memory: 16 bytes per stored image (a 64-bit prefix of its hash and where it is), plus one
-    shard index at a time."""
+    shard index at a time; with near-duplicates, 24 more (the perceptual hash and its index)."""
     paths = sorted(m.path for m in FileSystems.match([FileSystems.join(out, "[0-9]*.parquet")])[0].metadata_list)
     owner = _duplicate_owners(paths)  # {sha256: owning uid}, only for images stored more than once
+    near = near_duplicate_owners(paths, owner, near_dup_distance) if near_dup_distance is not None else {}
     sizes, funnel = {}, Funnel("shard", unit="pair")
     for reason, n in sorted((unread or {}).items()):
         funnel.add_input(n)
@@ -158,13 +163,19 @@ def finish(out, unread=None):
         statuses, shas, uids = t["status"].to_pylist(), t["sha256"].to_pylist(), t["uid"].to_pylist()
         losers = {i for i, (s, sha, uid) in enumerate(zip(statuses, shas, uids))
                   if s == "success" and sha in owner and owner[sha] != uid}
+        near_losers = {i for i in near.get(path, {}) if i not in losers}
         tar = path[: -len(".parquet")] + ".tar"
-        if losers:
+        if losers or near_losers:
             rows = t.to_pylist()
-            _rewrite_without(tar, {rows[i]["key"] for i in losers})
+            _rewrite_without(tar, {rows[i]["key"] for i in losers | near_losers})
             for i in losers:
                 rows[i].update(status="duplicate_image", error=f"same image as uid {owner[rows[i]['sha256']]}")
                 statuses[i] = "duplicate_image"
+            for i in near_losers:
+                kept, dist = near[path][i]
+                rows[i].update(status="near_duplicate_image",
+                               error=f"perceptual hash {dist} bits from uid {kept}'s")
+                statuses[i] = "near_duplicate_image"
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_INDEX), buf, compression="zstd")
             with FileSystems.create(path + ".tmp") as f:
@@ -217,6 +228,71 @@ def _duplicate_owners(paths):
             if sha not in owners or uid < owners[sha]:
                 owners[sha] = uid
     return {sha: uid for sha, uid in owners.items() if seen[sha] > 1}
+
+
+def near_duplicate_owners(paths, exact_owner, max_distance):
+    """{index path: {row: (kept uid, distance)}} for the stored images to drop as near-duplicates:
+    images whose perceptual hashes are within ``max_distance`` bits. Within each group of images
+    linked by such pairs, images are taken in uid order; each is kept unless it is within the
+    distance of one already kept (so the smallest uid always stays, and no chain of small steps
+    drops two images that are far apart). Exact duplicates (``exact_owner``) are left to the
+    exact pass, and images without a hash (indexes of version 2) are never dropped."""
+    hashes, where = [], []
+    for f, path in enumerate(paths):
+        try:
+            t = spill.read_table(path, columns=["status", "sha256", "uid", "phash"])
+        except (KeyError, pa.ArrowInvalid):  # an index of version 2: no perceptual hashes
+            continue
+        for row, (status, sha, uid, h) in enumerate(zip(t["status"].to_pylist(), t["sha256"].to_pylist(),
+                                                       t["uid"].to_pylist(), t["phash"].to_pylist())):
+            if status == "success" and h is not None and not (sha in exact_owner and exact_owner[sha] != uid):
+                hashes.append(h)
+                where.append((f << 32) | row)
+    if len(hashes) < 2:
+        return {}
+    hashes, where = np.array(hashes, dtype=np.int64), np.array(where, dtype=np.int64)
+    values, inverse = np.unique(hashes, return_inverse=True)
+    qi, di, _ = HashIndex(values).search(values, max_distance)
+    parent = np.arange(len(values))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(qi[qi < di].tolist(), di[qi < di].tolist()):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(len(values))])[inverse]  # each image's group
+    size = np.bincount(roots, minlength=len(values))
+    grouped = np.nonzero(size[roots] > 1)[0]
+    if not len(grouped):
+        return {}
+    wanted = {}
+    for i in grouped.tolist():
+        wanted.setdefault(int(where[i]) >> 32, []).append(i)
+    uid_of = {}
+    for f, members in wanted.items():
+        uids = spill.read_table(paths[f], columns=["uid"])["uid"].to_pylist()
+        for i in members:
+            uid_of[i] = uids[int(where[i]) & 0xFFFFFFFF]
+    groups = {}
+    for i in grouped.tolist():
+        groups.setdefault(int(roots[i]), []).append(i)
+    drop = {}
+    for members in groups.values():
+        kept = []
+        for i in sorted(members, key=lambda m: uid_of[m]):
+            near = [(distance(hashes[i], hashes[k]), k) for k in kept]
+            close = [(d, k) for d, k in near if d <= max_distance]
+            if close:
+                d, k = min(close)
+                drop.setdefault(paths[int(where[i]) >> 32], {})[int(where[i]) & 0xFFFFFFFF] = (uid_of[k], d)
+            else:
+                kept.append(i)
+    return drop
 
 
 def _write_remote_sizes(out, sizes):

@@ -61,7 +61,7 @@ def phash(pixels):
 
 def distance(a, b):
     """Hamming distance between two hashes (signed or unsigned 64-bit ints)."""
-    return int(np.bitwise_count(np.uint64(a & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(b & 0xFFFFFFFFFFFFFFFF)))
+    return ((int(a) ^ int(b)) & 0xFFFFFFFFFFFFFFFF).bit_count()
 
 
 def _unsigned(hashes):
