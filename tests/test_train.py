@@ -310,10 +310,11 @@ def test_tiny_run_learns_and_writes_its_run_directory(shards, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_losses_and_samples(shards, tmp_path):
     args = ["--train-data", str(shards), "--model", "tiny", "--batch-size", "32", "--steps", "16", "--workers", "2",
-            "--save-every", "4", "--lr", "1e-3", "--shuffle-buffer", "64", "--no-tensorboard"]
+            "--save-every", "4", "--lr", "1e-3", "--shuffle-buffer", "64", "--no-tensorboard", "--log-every", "13"]
     _run_train(args + ["--out", str(tmp_path / "straight")])
     # Killed from outside with SIGKILL once it logs step 13 (past the epoch boundary and the
-    # checkpoint at 12, before the one at 16), as a scheduler kills a job; then resumed.
+    # checkpoint at 12, before the one at 16), as a scheduler kills a job; then resumed. Metrics
+    # lines are written (all steps since the last) on logging and checkpoint steps: 1, 4, 8, 12, 13, 16.
     killed = tmp_path / "killed"
     returncode, last = _kill_after_step(args + ["--out", str(killed)], killed, 13)
     assert returncode == -signal.SIGKILL

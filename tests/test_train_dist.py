@@ -194,3 +194,69 @@ def test_an_epoch_over_16_slots_counts_every_sample_in_train_stats(tmp_path):
     assert stats["steps"] == total // 8
     for record in stats["epochs"][1:]:
         assert record["seen"] + sum(record["skipped"].values()) + sum(record["left_out"].values()) == total
+
+
+_GRADS = r'''
+import os, sys, torch, torch.distributed as dist
+from clipforge.trainer.loss import clip_loss
+
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+torch.manual_seed(0)
+n, d = 6, 8
+feats = [torch.nn.functional.normalize(torch.randn(2 * n, d), dim=-1) for _ in range(2)]
+scale = torch.tensor(7.5)
+
+
+class OldGather(torch.autograd.Function):   # the previous backward: all_reduce, then this rank's rows
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(2)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[rank * n:(rank + 1) * n]
+
+
+def local_loss(i, t, all_i, all_t, r):
+    labels = torch.arange(n) + n * r
+    ce = torch.nn.functional.cross_entropy
+    return (ce(scale * i @ all_t.T, labels) + ce(scale * t @ all_i.T, labels)) / 2
+
+
+# Reference: one process holds every rank's rows; the gradient of the sum of the ranks' local losses.
+img, txt = (f.clone().requires_grad_() for f in feats)
+sum(local_loss(img[r * n:(r + 1) * n], txt[r * n:(r + 1) * n], img, txt, r) for r in range(2)).backward()
+want = torch.cat([img.grad[rank * n:(rank + 1) * n], txt.grad[rank * n:(rank + 1) * n]])
+
+mine = [f[rank * n:(rank + 1) * n].clone().requires_grad_() for f in feats]
+clip_loss(mine[0], mine[1], scale).backward()                      # reduce-scatter backward
+new = torch.cat([mine[0].grad, mine[1].grad])
+
+mine = [f[rank * n:(rank + 1) * n].clone().requires_grad_() for f in feats]
+local_loss(mine[0], mine[1], OldGather.apply(mine[0]), OldGather.apply(mine[1]), rank).backward()
+old = torch.cat([mine[0].grad, mine[1].grad])
+assert want.abs().max() > 0
+print("GRADS", rank, float((new - want).abs().max()), float((new - old).abs().max()))
+dist.destroy_process_group()
+'''
+
+
+def test_gathered_features_backward_by_reduce_scatter_gives_the_full_batch_gradients(tmp_path):
+    """Two gloo ranks: the gradients reaching each rank's features through the gather's
+    reduce-scatter backward equal those of the full batch's loss computed in one process, and
+    those of the previous all_reduce backward (gloo has reduce_scatter_tensor in this PyTorch)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port()),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _GRADS], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**env, "RANK": str(rank)}) for rank in (0, 1)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, text in zip(procs, outs):
+        assert p.returncode == 0, text[-3000:]
+        line = next(x for x in text.splitlines() if x.startswith("GRADS"))
+        vs_full, vs_old = map(float, line.split()[2:])
+        assert vs_full < 1e-6 and vs_old < 1e-6, line

@@ -3,7 +3,7 @@
 Each rank computes the loss of its own images against every rank's texts and of its own texts
 against every rank's images (the "local loss"): the memory of one [local, global] logit matrix
 instead of a [global, global] one. Features are gathered with gradients
-(`torch.distributed.nn.functional.all_gather`), so each rank's features receive the gradient of
+(an all_gather whose backward is a reduce-scatter), so each rank's features receive the gradient of
 every rank's loss, and DistributedDataParallel's gradient averaging then yields exactly the
 gradient of the full-batch loss.
 """
@@ -27,9 +27,10 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)   # all_reduce, not reduce_scatter: gloo (CPU) has no reduce_scatter
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        # A reduce-scatter moves half the data of an all_reduce and leaves only this rank's rows.
+        out = torch.empty((ctx.rows,) + tuple(grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+        dist.reduce_scatter_tensor(out, grad.contiguous())
+        return out
 
 
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):

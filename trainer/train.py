@@ -104,12 +104,13 @@ def _all_min(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-def _mean(x: torch.Tensor) -> float:
+def _mean_values(x: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of each element (one collective, no host synchronisation)."""
     if dist.is_initialized():
         x = x.detach().clone()
         dist.all_reduce(x)
         x /= dist.get_world_size()
-    return float(x)
+    return x
 
 
 def _broadcast(obj):
@@ -310,6 +311,10 @@ class Run:
         raw = model
         if resumed is not None:
             raw.load_state_dict(resumed["model"])
+        resnet = isinstance(raw.config.vision.layers, (tuple, list))
+        channels_last = resnet and self.device.type == "cuda"    # cuDNN's faster layout for convolutions
+        if channels_last:
+            raw.to(memory_format=torch.channels_last)
         if cfg.compile:
             model = torch.compile(model)
         if self.world > 1:
@@ -367,6 +372,7 @@ class Run:
                  f"{f' in {cfg.accum_steps} micro-batches' if cfg.accum_steps > 1 else ''}, {total} steps"
                  f"{f' from step {step}' if step else ''}, out {self.out}")
         t_start, step_times, last_loss = time.time(), [], float("nan")
+        pending, values = [], []     # steps not yet logged: host-side fields, and loss and scale on the device
         eval_result = None
         while step < total:
             loader = make_loader(data_cfg, tokenizer, epoch, self.rank, self.world, state,
@@ -387,41 +393,39 @@ class Run:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = normalize_images(batch["images"].to(self.device, non_blocking=True))
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 texts = batch["texts"].to(self.device, non_blocking=True)
-                loss = _mean(backward_batch(model, images, texts, cfg.accum_steps, autocast))
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss} at step {step + 1} (lr {lr:.3g}); stopped without writing a checkpoint"
-                        f"{'; last good one: ' + str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else ''}"
-                        " — try a lower --lr, a longer --warmup or --grad-clip 1.0")
+                loss = backward_batch(model, images, texts, cfg.accum_steps, autocast)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 clamp_logit_scale(raw)
-                step, in_epoch, last_loss = step + 1, in_epoch + 1, loss
+                step, in_epoch = step + 1, in_epoch + 1
                 counts.add(batch)
                 dt = time.time() - t0
                 step_times = (step_times + [dt])[-50:]
-                digests = _gather(keys_digest(batch["keys"]))
-                if self.main:
-                    record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                              "logit_scale": float(raw.logit_scale.detach().exp()), "samples_per_s": global_batch / dt,
-                              "data_s": t_data, "step_s": dt, "keys": digests}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    if writer is not None:
-                        for k in ("loss", "lr", "logit_scale", "samples_per_s"):
-                            writer.add_scalar(f"train/{k}", record[k], step)
-                if cfg.eval_every and cfg.eval_data and (step % cfg.eval_every == 0 or step == total):
+                pending.append({"step": step, "epoch": epoch, "lr": lr, "samples_per_s": global_batch / dt,
+                                "data_s": t_data, "step_s": dt, "keys": keys_digest(batch["keys"])})
+                values.append(torch.stack([loss.float(), raw.logit_scale.detach().float().exp()]))
+                evaluate = bool(cfg.eval_every and cfg.eval_data and (step % cfg.eval_every == 0 or step == total))
+                save = step % cfg.save_every == 0 or step == total
+                logging = step % cfg.log_every == 0 or step == total or step == 1
+                if evaluate or save or logging:
+                    # The only host synchronisation and the only collectives for the logged values:
+                    # losses averaged over ranks, checked, and written with every rank's batch digests.
+                    last_loss, scale = self._flush(pending, values, metrics, writer)
+                    pending, values = [], []
+                if evaluate:
                     eval_result = self._evaluate(raw, tokenizer, step, metrics, writer)
-                if step % cfg.log_every == 0 or step == total or step == 1:
+                if logging:
                     mean_dt = sum(step_times) / len(step_times)
                     eta = (total - step) * mean_dt
-                    self.log(f"step {step}/{total} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
-                             f"scale {float(raw.logit_scale.detach().exp()):.1f} | {global_batch / mean_dt:,.0f} samples/s "
+                    self.log(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.2e} "
+                             f"scale {scale:.1f} | {global_batch / mean_dt:,.0f} samples/s "
                              f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
-                if step % cfg.save_every == 0 or step == total:
+                if save:
                     self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped, counts, epochs)
             del batches, loader
             epochs.append(self._epoch_record(epoch, urls, data_cfg, state, counts, "epoch_ended" if ran_out
@@ -450,6 +454,30 @@ class Run:
             self.log(f"train: done, {step} steps, final loss {last_loss:.4f}, {_duration(summary['seconds'])}; "
                      f"skipped samples: {_reasons(totals)}; checkpoint {summary['checkpoint']}")
         return summary
+
+    def _flush(self, pending: list[dict], values: list[torch.Tensor], metrics, writer) -> tuple[float, float]:
+        """Write the metrics lines of the steps since the last flush: one all_reduce of their
+        losses, one copy to the host, one gather of the ranks' batch digests. A non-finite loss
+        stops the run here, before any checkpoint after it is written."""
+        both = _mean_values(torch.stack(values)).tolist()
+        digests = _gather([p["keys"] for p in pending])
+        for i, (record, (loss, scale)) in enumerate(zip(pending, both)):
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at step {record['step']} (lr {record['lr']:.3g}); stopped without writing a "
+                    f"checkpoint{'; last good one: ' + str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else ''}"
+                    " — try a lower --lr, a longer --warmup or --grad-clip 1.0")
+            if self.main:
+                record = {"step": record["step"], "epoch": record["epoch"], "loss": loss, "lr": record["lr"],
+                          "logit_scale": scale, "samples_per_s": record["samples_per_s"], "data_s": record["data_s"],
+                          "step_s": record["step_s"], "keys": [d[i] for d in digests]}
+                metrics.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for k in ("loss", "lr", "logit_scale", "samples_per_s"):
+                        writer.add_scalar(f"train/{k}", record[k], record["step"])
+        if self.main:
+            metrics.flush()
+        return both[-1][0], both[-1][1]
 
     def _epoch_record(self, epoch, urls, data_cfg, state, counts, reason) -> dict:
         """This epoch's counts over all ranks (every rank calls it): samples trained on, distinct
