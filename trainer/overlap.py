@@ -1,0 +1,229 @@
+"""Overlap between a shard set and evaluation sets: CLIP's data-overlap analysis (section 5).
+
+``clipforge overlap --shards DIR --eval DIR [DIR ...] --out DIR [--max-distance BITS]`` hashes
+every evaluation image with the shard index's perceptual hash (``schemas.phash``, the image as
+given: no crop), finds the shard samples within ``--max-distance`` bits of it (multi-index
+search, not all pairs), and writes
+
+- ``DIR/overlap.json``: per evaluation set, its images, how many have a near-duplicate in the
+  shards, unreadable files by reason, and every pair (evaluation image, shard sample key,
+  distance), closest first;
+- ``DIR/exclude.txt``: the shard sample keys to leave out of training, one per line (what
+  ``clipforge train --exclude`` reads);
+- ``DIR/overlap.png``: the closest pairs side by side, since a person judges duplicates by eye.
+
+Evaluation sets are ImageFolder trees (``ROOT/CLASS/IMAGE``) or directories of labelled
+WebDataset shards, as ``clipforge eval`` reads them. Shard indexes written before the hash
+existed (version 2) have no ``phash``: their samples cannot be checked and are counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from clipforge.errors import InputError, MissingInput
+from clipforge.schemas.phash import HashIndex, phash
+from clipforge.schemas.validate import read_tar_samples
+from clipforge.trainer.data import sample_image
+from clipforge.trainer.evalsets import image_folder
+
+DEFAULT_MAX_DISTANCE = 8
+MAX_EVAL_PIXELS = 50_000_000  # the decompression-bomb guard, as the shard stage's
+PLOT_PAIRS = 16
+
+
+def shard_hashes(shards_dir):
+    """(keys, hashes, tar of each key, samples without a hash) of a shard set's stored samples."""
+    root = Path(shards_dir)
+    indexes = sorted(root.glob("[0-9]*.parquet"))
+    if not indexes:
+        raise MissingInput(f"{root}: no shard indexes (NNNNNN.parquet); give a directory `clipforge shard` wrote")
+    keys, hashes, tars, unhashed = [], [], [], 0
+    for path in indexes:
+        try:
+            names = pq.read_schema(path).names
+            cols = ["key", "status", "shard"] + (["phash"] if "phash" in names else [])
+            t = pq.read_table(path, columns=cols)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable shard index ({e})") from None
+        ok = [i for i, s in enumerate(t["status"].to_pylist()) if s == "success"]
+        if "phash" not in names:
+            unhashed += len(ok)
+            continue
+        k, h, s = t["key"].to_pylist(), t["phash"].to_pylist(), t["shard"].to_pylist()
+        for i in ok:
+            if h[i] is None:
+                unhashed += 1
+            else:
+                keys.append(k[i])
+                hashes.append(h[i])
+                tars.append(str(root / s[i]))
+    return keys, np.array(hashes, dtype=np.int64), tars, unhashed
+
+
+def _open(data):
+    """An RGB array of untrusted image bytes (EXIF orientation applied), or the reason it has none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_EVAL_PIXELS:
+                return None, "image_too_many_pixels"
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            return np.asarray(img), None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, "image_too_many_pixels"
+    except Exception:
+        return None, "image_undecodable"
+
+
+def eval_images(path):
+    """(name, image bytes or None, reason) of every image of an evaluation set: an ImageFolder
+    tree (name: CLASS/FILE) or a directory of labelled shards (name: SHARD:KEY)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise MissingInput(f"{root}: no such directory (an ImageFolder tree or a directory of shards)")
+    tars = sorted(root.glob("*.tar"))
+    if tars:
+        for tar in tars:
+            try:
+                for sample in read_tar_samples(tar):
+                    data = sample_image(sample)
+                    yield f"{tar.name}:{sample['__key__']}", data, None if data else "no_image"
+            except (tarfile.TarError, OSError, ValueError) as e:
+                yield f"{tar.name}", None, f"unreadable_shard ({e})"
+        return
+    files, _, _ = image_folder(root)
+    for f in files:
+        try:
+            yield str(f.relative_to(root)), f.read_bytes(), None
+        except OSError:
+            yield str(f.relative_to(root)), None, "unreadable_file"
+
+
+def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTANCE, log=print):
+    """Write overlap.json, exclude.txt and overlap.png; return the report."""
+    t0 = time.monotonic()
+    keys, hashes, tars, unhashed = shard_hashes(shards_dir)
+    index = HashIndex(hashes)
+    log(f"overlap: {len(keys):,} shard images indexed in {time.monotonic() - t0:.1f} s"
+        + (f" ({unhashed:,} without a perceptual hash: shard indexes from before it)" if unhashed else ""))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"shards": str(shards_dir), "max_distance": max_distance, "shard_images": len(keys),
+              "shard_images_without_hash": unhashed, "sets": {}}
+    exclude, closest = set(), []
+    for eval_dir in eval_dirs:
+        names, ehashes, bad, arrays = [], [], Counter(), {}
+        last = time.monotonic()
+        for n, (name, data, reason) in enumerate(eval_images(eval_dir), 1):
+            arr = None
+            if data is not None:
+                arr, reason = _open(data)
+            if arr is None:
+                bad[reason.split(" (")[0]] += 1
+                continue
+            names.append(name)
+            ehashes.append(phash(arr))
+            if time.monotonic() - last > 10:
+                log(f"overlap: {eval_dir}: {n:,} images hashed")
+                last = time.monotonic()
+        qi, si, dist = index.search(np.array(ehashes, dtype=np.int64), max_distance)
+        order = np.lexsort((si, dist, qi))
+        pairs = [{"eval": names[q], "key": keys[s], "distance": int(d)}
+                 for q, s, d in zip(qi[order].tolist(), si[order].tolist(), dist[order].tolist())]
+        pairs.sort(key=lambda p: (p["distance"], p["eval"], p["key"]))
+        overlapping = len({p["eval"] for p in pairs})
+        report["sets"][str(eval_dir)] = {"images": len(names), "unreadable": dict(bad), "with_overlap": overlapping,
+                                         "overlap_fraction": round(overlapping / max(1, len(names)), 6),
+                                         "pairs": pairs}
+        exclude.update(p["key"] for p in pairs)
+        for q, s, d in zip(qi.tolist(), si.tolist(), dist.tolist()):
+            closest.append((int(d), str(eval_dir), names[q], keys[s], tars[s]))
+        log(f"overlap: {eval_dir}: {overlapping:,} of {len(names):,} images have a near-duplicate in the shards "
+            f"(within {max_distance} bits; {len(pairs):,} pairs)")
+    report["excluded_keys"] = len(exclude)
+    report["seconds"] = round(time.monotonic() - t0, 2)
+    _atomic_write(out / "exclude.txt", "".join(k + "\n" for k in sorted(exclude)))
+    _atomic_write(out / "overlap.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    plot_pairs(sorted(closest)[:PLOT_PAIRS], eval_dirs, out / "overlap.png", max_distance)
+    return report
+
+
+def _atomic_write(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _shard_jpg(tar, key):
+    with tarfile.open(tar) as tf:
+        member = tf.getmember(f"{key}.jpg")
+        return tf.extractfile(member).read()
+
+
+def _eval_bytes(eval_dir, name):
+    root = Path(eval_dir)
+    if ":" in name and (root / name.split(":", 1)[0]).suffix == ".tar":
+        tar, key = name.split(":", 1)
+        for sample in read_tar_samples(root / tar):
+            if sample["__key__"] == key:
+                return sample_image(sample)
+        return None
+    return (root / name).read_bytes()
+
+
+def plot_pairs(pairs, eval_dirs, path, max_distance):
+    """The closest pairs, evaluation image beside the shard's, with their distance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, len(pairs))
+    fig, axes = plt.subplots(rows, 2, figsize=(5, 2.4 * rows), squeeze=False)
+    if not pairs:
+        for ax in axes[0]:
+            ax.axis("off")
+        axes[0][0].set_title(f"no pair within {max_distance} bits", fontsize=9, loc="left")
+    for row, (d, eval_dir, name, key, tar) in zip(axes, pairs):
+        for ax, data, title in ((row[0], _eval_bytes(eval_dir, name), f"{Path(eval_dir).name}/{name}"),
+                                (row[1], _shard_jpg(tar, key), f"shard sample {key} ({d} bits)")):
+            arr, _ = _open(data) if data else (None, None)
+            if arr is not None:
+                ax.imshow(arr)
+            ax.set_title(title[-40:], fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"closest evaluation images and shard samples (perceptual hash, within {max_distance} bits)",
+                 fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def read_exclude(path):
+    """The shard sample keys of an exclude file (``exclude.txt``), as a set."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MissingInput(f"{path}: no such exclude file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: {e}") from None
+    keys = {x.strip() for x in lines if x.strip() and not x.startswith("#")}
+    bad = [k for k in keys if not (k.isdigit() and len(k) == 12)]
+    if bad:
+        raise InputError(f"{path}: {bad[0]!r} is not a shard sample key (12 digits)")
+    return keys
