@@ -125,7 +125,7 @@ def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTAN
               "shard_images_without_hash": unhashed, "sets": {}}
     exclude, closest = set(), []
     for eval_dir in eval_dirs:
-        names, ehashes, bad, arrays = [], [], Counter(), {}
+        names, ehashes, bad = [], [], Counter()
         last = time.monotonic()
         for n, (name, data, reason) in enumerate(eval_images(eval_dir), 1):
             arr = None
