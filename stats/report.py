@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 SECTIONS = ("Funnel", "Balancing", "Sources and languages", "Captions and images", "Failures", "Shards",
-            "Contact sheet")
+            "Overlap with evaluation sets", "Contact sheet")
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:24px;color:#222}
@@ -182,6 +182,21 @@ def write(stats: dict, plots: dict, samples: list[dict], out: Path, title: str =
         d.table(["shard", "samples", "MiB"], [[t["shard"], t["samples"], round((t["tar_bytes"] or 0) / 2**20, 2)]
                                               for t in s["shards"][:50]], numeric=(1, 2))
         d.image(plots["shards"], "samples and bytes per shard")
+
+    if "overlap" in stats:
+        o = stats["overlap"]
+        d.heading("Overlap with evaluation sets")
+        d.para(f"Evaluation images with a near-duplicate among the {o['shard_images']:,} shard images (perceptual "
+               f"hash within {o['max_distance']} bits): zero-shot accuracy on them measures memory, not transfer. "
+               f"{o['excluded_keys']:,} shard samples are listed in exclude.txt for `clipforge train --exclude`.")
+        d.table(["evaluation set", "images", "with a near-duplicate", "share"],
+                [[name, v["images"], v["with_overlap"], _pct(v["overlap_fraction"])] for name, v in o["sets"].items()],
+                numeric=(1, 2, 3))
+        shown = [[name, p["eval"], p["key"], p["distance"]] for name, v in o["sets"].items() for p in v["pairs"]]
+        if shown:
+            d.table(["evaluation set", "image", "shard sample", "bits apart"], shown[:40], numeric=(3,))
+        if "overlap" in plots:
+            d.image(plots["overlap"], "closest evaluation images and shard samples, side by side")
 
     if samples:
         d.heading("Contact sheet")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,7 +13,8 @@ from clipforge.schemas.files import read_stats, write_json_atomic
 from clipforge.stats import collect, plots, report
 from clipforge.errors import InputError, MissingInput
 
-MARKERS = {"queries": "queries_stats.json", "pairs": "crawl_stats.json", "shards": "shard_stats.json"}
+MARKERS = {"queries": "queries_stats.json", "pairs": "crawl_stats.json", "shards": "shard_stats.json",
+           "overlap": "overlap.json"}
 
 
 @dataclass
@@ -39,6 +42,19 @@ def find_outputs(dirs) -> dict:
     return found
 
 
+def overlap_summary(directory, pairs_shown=20) -> dict:
+    """The overlap analysis (``clipforge overlap``'s overlap.json) as the report shows it."""
+    try:
+        o = json.loads((Path(directory) / "overlap.json").read_text(encoding="utf-8"))
+        sets = {name: {"images": v["images"], "with_overlap": v["with_overlap"],
+                       "overlap_fraction": v["overlap_fraction"], "pairs": v["pairs"][:pairs_shown]}
+                for name, v in o["sets"].items()}
+        return {"max_distance": o["max_distance"], "shard_images": o["shard_images"],
+                "excluded_keys": o["excluded_keys"], "sets": sets}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{directory}/overlap.json: not an overlap report ({e})") from None
+
+
 def run(cfg: StatsConfig, log=print) -> dict:
     t0 = time.time()
     found = find_outputs(cfg.data)
@@ -47,7 +63,7 @@ def run(cfg: StatsConfig, log=print) -> dict:
     stats: dict = {"inputs": {k: str(v) for k, v in found.items()},
                    "subtitle": f"{', '.join(f'{k}: {v}' for k, v in found.items())} — written "
                                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}
-    stage_stats = {k: read_stats(v / MARKERS[k]) for k, v in found.items()}
+    stage_stats = {k: read_stats(v / MARKERS[k]) for k, v in found.items() if k != "overlap"}
     stats["funnels"] = [collect.funnel(stage_stats[k]) for k in ("queries", "pairs", "shards") if k in stage_stats]
     if "pairs" in found:
         log(f"stats: pairs in {found['pairs']}")
@@ -57,6 +73,9 @@ def run(cfg: StatsConfig, log=print) -> dict:
     if "shards" in found:
         log(f"stats: shards in {found['shards']}")
         stats["shards"] = collect.shards(found["shards"])
+    if "overlap" in found:
+        log(f"stats: overlap with evaluation sets in {found['overlap']}")
+        stats["overlap"] = overlap_summary(found["overlap"])
     if "pairs" in stage_stats and "shards" in stage_stats:
         stats["chain"] = {"image_links": stage_stats["pairs"]["input"], "pairs": stage_stats["pairs"]["kept"],
                           "samples": stage_stats["shards"]["kept"]}
@@ -96,6 +115,9 @@ def run(cfg: StatsConfig, log=print) -> dict:
         if samples:
             drawn["contact_sheet"] = plots.contact_sheet(samples, out / "contact_sheet.png")
         stats["contact_sheet"] = [{"key": x["key"], "shard": x["shard"], "caption": x["caption"]} for x in samples]
+    if "overlap" in stats and (found["overlap"] / "overlap.png").exists():
+        shutil.copyfile(found["overlap"] / "overlap.png", out / "overlap.png")
+        drawn["overlap"] = "overlap.png"
     stats["plots"] = drawn
     stats["seconds"] = round(time.time() - t0, 2)
     report.write(stats, drawn, samples, out)

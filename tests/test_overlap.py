@@ -69,3 +69,14 @@ def test_planted_overlap_is_found_and_nothing_else(site, tmp_path):  # noqa: F81
     assert read_exclude(out / "exclude.txt") == {key_of[f"e{i}.jpg"] for i in planted}
     png = Image.open(out / "overlap.png")
     assert png.format == "PNG" and png.height > png.width  # one row per pair
+
+    # the dataset report shows it, from the same overlap.json
+    from clipforge.stats.stage import StatsConfig
+    from clipforge.stats.stage import run as run_stats
+    rep = tmp_path / "report"
+    stats = run_stats(StatsConfig(data=[str(shards), str(out)], out=str(rep), samples=4), log=lambda *_: None)
+    assert stats["overlap"]["sets"][str(folder)]["with_overlap"] == 3
+    assert stats["overlap"]["excluded_keys"] == len(planted)
+    md = (rep / "report.md").read_text()
+    assert "## Overlap with evaluation sets" in md and "overlap.png" in md
+    assert (rep / "overlap.png").read_bytes() == (out / "overlap.png").read_bytes()
