@@ -139,3 +139,48 @@ def test_urls_are_sent_encoded(url, sent):
 def test_bad_urls_are_invalid(url):
     got = Fetcher().fetch(url)
     assert got.reason == "invalid_url", got
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 that no authority signed, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+def test_https_certificates_are_verified(tmp_path):
+    """HTTPS goes through libcurl with verification on: a certificate no authority signed is a
+    connect_error (with the TLS reason), not a fetched image."""
+    import ssl
+    cert, key = _self_signed(tmp_path)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    srv.daemon_threads = True
+    srv.lock, srv.now, srv.peak, srv.total_now, srv.total_peak = threading.Lock(), {}, {}, 0, 0
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = Fetcher(allow_private=True, retries=0).fetch(f"https://127.0.0.1:{srv.server_address[1]}/img/1")
+        assert got.reason == "connect_error" and got.body is None
+        assert "certificate" in got.error.lower() or "ssl" in got.error.lower(), got.error
+    finally:
+        srv.shutdown()
+        srv.server_close()
