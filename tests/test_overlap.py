@@ -8,7 +8,7 @@ import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from clipforge.pipeline.images import ImageConfig
 from clipforge.pipeline.shard import ShardConfig
@@ -30,8 +30,10 @@ def test_planted_overlap_is_found_and_nothing_else(site, tmp_path):  # noqa: F81
     for i, img in enumerate(web):
         (root / f"w{i}.jpg").write_bytes(_jpeg(img, 85))
         names.append(f"w{i}.jpg")
-    for i in sorted(planted):
-        (root / f"e{i}.jpg").write_bytes(_jpeg(evals[i].resize((240, 180), Image.Resampling.BICUBIC), 75))
+    for i in sorted(planted):  # cropped a little (up to 4% a side), resized, brighter, recompressed
+        img = evals[i].crop((4 * (i % 4), 3 * (i % 3), 320 - 12 + i, 240 - i))
+        img = ImageEnhance.Brightness(img.resize((240, 180), Image.Resampling.BICUBIC)).enhance(1.06)
+        (root / f"e{i}.jpg").write_bytes(_jpeg(img, 72))
         names.append(f"e{i}.jpg")
     pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names], "text": [f"photo {n}" for n in names]}),
                    tmp_path / "pairs.parquet")
@@ -56,7 +58,7 @@ def test_planted_overlap_is_found_and_nothing_else(site, tmp_path):  # noqa: F81
             sink.write({"__key__": f"s{i}", "jpg": buf.getvalue(), "cls": str(i % 2)})
 
     out = tmp_path / "overlap"
-    report = find_overlap(shards, [folder, labelled], out, max_distance=8, log=lambda *_: None)
+    report = find_overlap(shards, [folder, labelled], out, log=lambda *_: None)
     got = json.loads((out / "overlap.json").read_text())
     assert got == json.loads(json.dumps(report))
     f, s = got["sets"][str(folder)], got["sets"][str(labelled)]

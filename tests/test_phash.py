@@ -80,3 +80,68 @@ def test_index_edges():
     assert len(HashIndex(np.array([], dtype=np.int64)).search(np.array([1]), 5)[0]) == 0
     with pytest.raises(ValueError):
         idx.search(np.array([0]), 64)
+
+
+def textured_photo(rng, w, h):
+    """A photo-like image: a lit gradient, overlapping shapes, blur and sensor-like noise."""
+    gen = np.random.default_rng(rng.randrange(1 << 30))
+    xs, ys = np.linspace(0, 1, w)[None, :, None], np.linspace(0, 1, h)[:, None, None]
+    base = xs * gen.uniform(-120, 120, 3) + ys * gen.uniform(-120, 120, 3) + gen.uniform(60, 200, 3)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.randint(4, 14)):
+        x, y, r = rng.randrange(w), rng.randrange(h), rng.randrange(8, max(9, w // 3))
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        kind = rng.random()
+        if kind < 0.4:
+            d.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        elif kind < 0.7:
+            d.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+        else:
+            d.polygon([(x + rng.randint(-r, r), y + rng.randint(-r, r)) for _ in range(rng.randint(3, 6))], fill=fill)
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(1, 3)))
+    noise = gen.normal(0, rng.uniform(4, 14), (h, w, 3))
+    return Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+
+
+def web_copy(img, rng):
+    """What another site makes of a photo: cropped up to 5% per side, resized 0.5-2x, brightness
+    within 10%, JPEG quality 60-95."""
+    from PIL import ImageEnhance
+    w, h = img.size
+    left, top, right, bottom = (int(rng.uniform(0, 0.05) * s) for s in (w, h, w, h))
+    img = img.crop((left, top, w - right, h - bottom))
+    f = rng.uniform(0.5, 2.0)
+    img = img.resize((max(8, int(img.width * f)), max(8, int(img.height * f))), Image.Resampling.BICUBIC)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.9, 1.1))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=rng.randint(60, 95))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def as_stored(img):
+    """The shard stage's copy: shorter side 256 px, bilinear."""
+    w, h = img.size
+    s = 256 / min(w, h)
+    return np.asarray(img.resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.slow
+def test_copies_are_found_and_distinct_photos_are_not():
+    """The overlap search's promise at its default distance: evaluation photos probed with crops
+    find at least 95% of their web copies among stored images, and no evaluation photo comes
+    within that distance of any of 2,000 other photos."""
+    from clipforge.schemas.phash import crop_probes
+    from clipforge.trainer.overlap import DEFAULT_MAX_DISTANCE as D
+    rng = random.Random(1)
+    evals = [textured_photo(rng, rng.randint(120, 260), rng.randint(120, 260)) for _ in range(300)]
+    others = [textured_photo(rng, rng.randint(120, 260), rng.randint(120, 260)) for _ in range(2000)]
+    copies = HashIndex(np.array([phash(as_stored(web_copy(e, rng))) for e in evals]))
+    distinct = HashIndex(np.array([phash(as_stored(o)) for o in others]))
+    probes = np.array([crop_probes(np.asarray(e)) for e in evals], dtype=np.int64)
+    per = probes.shape[1]
+    qi, si, _ = copies.search(probes.ravel(), D)
+    found = {q // per for q, s in zip(qi.tolist(), si.tolist()) if q // per == s}
+    assert len(found) >= 0.95 * len(evals), len(found)
+    qi, _, _ = distinct.search(probes.ravel(), D)
+    assert len(qi) == 0  # no false match
