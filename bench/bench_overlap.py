@@ -68,7 +68,7 @@ def benchmarks(workdir):
         stored = _hashes(gen, N_STORED, p)
         queries = _queries(gen, stored, p)
         seconds, n_q, n_pairs = _probe_search(stored, gen, p)
-        probe_lines.append(f"- {label}: {n_q:,} query hashes (10,000 images x {PROBES} crops) against "
+        probe_lines.append(f"- {label}: {n_q:,} query hashes ({N_QUERIES:,} images x {PROBES} crops) against "
                            f"{N_STORED:,} in {seconds:.1f} s, index build included ({n_pairs:,} pairs within "
                            f"{MAX_DISTANCE} bits)")
         got = {}
