@@ -181,7 +181,9 @@ def _add_train(sub):
     d.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     d.add_argument("--seed", type=int, default=0, help="seed of the model, shuffles and crops (default: 0)")
     l = p.add_argument_group("data")
-    l.add_argument("--workers", type=int, default=2, help="loader processes per GPU/process (default: 2)")
+    l.add_argument("--workers", type=int, default=None,
+                   help="loader processes per GPU/process (default: the CPUs this process may use, divided by "
+                        "LOCAL_WORLD_SIZE, less one for the training loop; on resume, the checkpoint's)")
     l.add_argument("--resampled", action="store_true",
                    help="draw shards with replacement; an epoch is --samples-per-epoch (default: sizes.json)")
     l.add_argument("--samples-per-epoch", type=int, default=None, help="samples per epoch (default: from sizes.json)")

@@ -230,6 +230,40 @@ def test_resume_without_sizes_with_shared_shards_and_resampled(tmp_path, shards,
         assert seen + batches(state, None if limit is None else limit - k) == full, (rank, world, limit)
 
 
+def test_persistent_workers_read_each_epoch_as_fresh_ones_would(shards, tokenizer):
+    """One loader for three epochs (set_epoch between them, the first resumed mid-way): the same
+    batches as a new loader per epoch, from the same two worker processes throughout."""
+    cfg = DataConfig(expand_shards(str(shards)), batch_size=16, image_size=32, seed=7, workers=2, shuffle_buffer=20)
+    fresh = [[item["keys"] for item in make_loader(cfg, tokenizer, e) if item["images"] is not None] for e in range(3)]
+    state, seen, it = LoaderState(2), [], iter(make_loader(cfg, tokenizer, 0))
+    while len(seen) < 7:
+        item = next(it)
+        state.consume(item)
+        if item["images"] is not None:
+            seen.append(item["keys"])
+    del it
+    loader, got, pids = make_loader(cfg, tokenizer, 0, state=state), [], []
+    assert loader.persistent_workers
+    for epoch in range(3):
+        if epoch:
+            loader.dataset.set_epoch(epoch)
+        it = iter(loader)
+        got.append([item["keys"] for item in it if item["images"] is not None])
+        pids.append([w.pid for w in it._workers])
+    assert seen + got[0] == fresh[0] and got[1:] == fresh[1:]
+    assert pids[0] == pids[1] == pids[2]
+
+
+def test_default_loader_workers_share_the_cpus_of_the_node(monkeypatch):
+    from clipforge.trainer.data import default_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_workers() == max(1, cpus - 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus * 4))   # more processes than CPUs: still one each
+    assert default_workers() == 1
+
+
 def _bad_samples(shard_index, writer):
     import io
 

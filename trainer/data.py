@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -129,6 +130,18 @@ def slot_ranges(sizes: list[int], slots: int, slot: int) -> list[tuple[int, int,
     return pieces
 
 
+def default_workers() -> int:
+    """Loader processes for one training process: the CPUs it may run on (its affinity, as a
+    scheduler or container sets it), shared by the LOCAL_WORLD_SIZE processes of this node, less
+    one for the training loop itself; at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cpus // local - 1)
+
+
 # --- images -----------------------------------------------------------------------------------
 
 def random_resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -215,7 +228,7 @@ class DataConfig:
     batch_size: int                  # samples per rank per step
     image_size: int = 224
     seed: int = 0
-    workers: int = 2
+    workers: int = 2                 # the trainer's default: default_workers()
     resampled: bool = False
     shuffle_buffer: int = 1000
     augment: bool = True
@@ -311,8 +324,23 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, cfg: DataConfig, tokenizer, epoch: int, rank: int = 0, world: int = 1,
                  state: LoaderState | None = None):
         super().__init__()
-        self.cfg, self.tokenizer, self.epoch, self.rank, self.world = cfg, tokenizer, epoch, rank, world
-        self.state = state
+        self.cfg, self.tokenizer, self.rank, self.world = cfg, tokenizer, rank, world
+        # The epoch lives in shared memory, so persistent loader workers see `set_epoch`; the
+        # resume state applies to the epoch the stream was made for only.
+        self._epoch = torch.tensor([epoch], dtype=torch.int64).share_memory_()
+        self._state, self.state_epoch = state, epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int):
+        """The next iteration reads this epoch (from its start), also in persistent workers."""
+        self._epoch[0] = epoch
+
+    @property
+    def state(self) -> LoaderState | None:
+        return self._state if self.epoch == self.state_epoch else None
 
     # Which worker of the original run this loader slot plays (rotated on resume, see module doc).
     def _worker(self) -> tuple[int, int]:
@@ -483,11 +511,13 @@ def _reasons(counts: Counter | dict) -> str:
 
 def make_loader(cfg: DataConfig, tokenizer, epoch: int, rank: int = 0, world: int = 1,
                 state: LoaderState | None = None, timeout: float = 600.0, pin_memory: bool = False):
+    """A DataLoader of the stream; its workers persist across epochs (`loader.dataset.set_epoch`
+    before the next `iter`) instead of restarting, with their imports and open state, each epoch."""
     dataset = ShardStream(cfg, tokenizer, epoch, rank, world, state)
     if cfg.workers == 0:
         return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
-                                       timeout=timeout, pin_memory=pin_memory, persistent_workers=False)
+                                       timeout=timeout, pin_memory=pin_memory, persistent_workers=True)
 
 
 def keys_digest(keys: list[str]) -> str:

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from clipforge.errors import UserError
 from clipforge.schemas.files import write_json_atomic
 from clipforge.trainer.checkpoint import TOKEN_IDS, latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
-from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, expand_shards,
-                                    keys_digest, make_loader, normalize_images, slot_lengths)
+from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, default_workers,
+                                    expand_shards, keys_digest, make_loader, normalize_images, slot_lengths)
 from clipforge.trainer.loss import clip_loss
 from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config,
                                      openai_state_dict)
@@ -55,7 +55,7 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: float | None = None
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None       # loader processes per process; None: from the CPUs (data.default_workers)
     resampled: bool = False
     samples_per_epoch: int | None = None
     shuffle_buffer: int = 1000
@@ -342,7 +342,10 @@ class Run:
         if cfg.resampled and steps_per_epoch is None:
             steps_per_epoch = max(1, total // max(1, cfg.epochs))
 
-        data_cfg = DataConfig(urls, cfg.batch_size, raw.image_size, cfg.seed, cfg.workers, cfg.resampled,
+        workers = cfg.workers
+        if workers is None:     # rank 0's count on every rank: the slots of the epoch depend on it
+            workers = _broadcast(resumed["data"]["ranks"][0]["workers"] if resumed is not None else default_workers())
+        data_cfg = DataConfig(urls, cfg.batch_size, raw.image_size, cfg.seed, workers, cfg.resampled,
                               cfg.shuffle_buffer, cfg.augment)
         step, epoch, in_epoch, state = 0, 0, 0, None
         skipped: Counter = Counter()
@@ -354,7 +357,7 @@ class Run:
                 raise TrainingError(f"the checkpoint was written by {len(d['ranks'])} process(es); resume with as many "
                                     f"(now {self.world})")
             mine = d["ranks"][self.rank]
-            if mine["workers"] != max(1, cfg.workers):
+            if mine["workers"] != max(1, workers):
                 raise TrainingError(f"the checkpoint's loader had {mine['workers']} worker(s); resume with --workers "
                                     f"{mine['workers']}")
             state = LoaderState(**mine)
@@ -368,17 +371,21 @@ class Run:
 
         n_params = sum(p.numel() for p in raw.parameters())
         self.log(f"train: {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.device.type} x{self.world}, "
-                 f"{len(urls)} shard(s), global batch {global_batch}"
+                 f"{len(urls)} shard(s), {workers} loader worker(s) a process, global batch {global_batch}"
                  f"{f' in {cfg.accum_steps} micro-batches' if cfg.accum_steps > 1 else ''}, {total} steps"
                  f"{f' from step {step}' if step else ''}, out {self.out}")
         t_start, step_times, last_loss = time.time(), [], float("nan")
         pending, values = [], []     # steps not yet logged: host-side fields, and loss and scale on the device
         eval_result = None
+        loader = None
         while step < total:
-            loader = make_loader(data_cfg, tokenizer, epoch, self.rank, self.world, state,
-                                 timeout=cfg.loader_timeout, pin_memory=self.device.type == "cuda")
+            if loader is None:
+                loader = make_loader(data_cfg, tokenizer, epoch, self.rank, self.world, state,
+                                     timeout=cfg.loader_timeout, pin_memory=self.device.type == "cuda")
+            else:
+                loader.dataset.set_epoch(epoch)     # the same (persistent) workers read the next epoch
             if state is None:
-                state = LoaderState(max(1, cfg.workers))
+                state = LoaderState(max(1, workers))
             batches, ran_out = iter(loader), False
             while step < total and not (cfg.resampled and in_epoch >= steps_per_epoch):
                 t0 = time.time()
@@ -427,7 +434,7 @@ class Run:
                              f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
                 if save:
                     self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped, counts, epochs)
-            del batches, loader
+            del batches
             epochs.append(self._epoch_record(epoch, urls, data_cfg, state, counts, "epoch_ended" if ran_out
                                              else "run_ended"))
             if ran_out and in_epoch == 0:
