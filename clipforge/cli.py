@@ -192,6 +192,9 @@ def _add_train(sub):
     l.add_argument("--bpe", default=None, help="BPE merges file, e.g. CLIP's bpe_simple_vocab_16e6.txt.gz "
                                               "(default: learn one from the captions)")
     l.add_argument("--vocab-size", type=int, default=None, help="ids in a learned vocabulary (default: 49408)")
+    l.add_argument("--learn-bpe-only", action="store_true",
+                   help="learn the vocabulary from the shards' captions, write OUT/bpe.txt.gz and exit (one process; "
+                        "run it before a multi-node run, which then reads the file)")
     m = p.add_argument_group("model and precision")
     m.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU (default: auto)")

@@ -267,6 +267,11 @@ def train(a):
                             f"ranks would all make them at once: run `make train` (one process) or `clipforge "
                             f"demo` first, then torchrun")
         chain.ensure_shards("sizes.json")
+    if getattr(a, "learn_bpe_only", False):
+        from clipforge.trainer.train import learn_bpe
+
+        learn_bpe(train_config(a))
+        return 0
     return run_train(train_config(a))
 
 

@@ -429,6 +429,23 @@ def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     assert len(ck["data"]["ranks"]) == 2
 
 
+@pytest.mark.slow
+def test_learn_bpe_only_writes_the_vocabulary_that_the_run_then_reads(shards, tmp_path):
+    from clipforge.trainer.tokenizer import read_merges
+
+    run = tmp_path / "run"
+    base = ["--train-data", str(shards), "--out", str(run), "--model", "tiny"]
+    proc = _run_train(base + ["--learn-bpe-only", "--vocab-size", "700"])
+    assert "ids learned from the shards' captions" in proc.stdout
+    assert (run / "bpe.txt.gz").exists() and not (run / "checkpoints").exists()
+    again = _run_train(base + ["--learn-bpe-only"], check=False)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1 and "already exists" in again.stderr
+    proc = _run_train(base + ["--steps", "1", "--batch-size", "8", "--workers", "1", "--no-tensorboard"])
+    assert "learned from the shards" not in proc.stdout          # read from the file, not learned again
+    ck = torch.load(run / "checkpoints" / "step_00000001.pt", weights_only=True)
+    assert [tuple(m) for m in ck["bpe_merges"]] == [tuple(m) for m in read_merges(run / "bpe.txt.gz")]
+
+
 def test_cli_rejects_bad_values_in_one_line(shards, tmp_path, capsys):
     assert main(["train", "--train-data", str(shards), "--batch-size", "10", "--accum-steps", "3"]) == 1
     assert "does not split" in capsys.readouterr().err

@@ -641,6 +641,28 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def learn_bpe(cfg: TrainConfig) -> Path:
+    """Learn the vocabulary from the shards' captions, write OUT/bpe.txt.gz and stop: its own step
+    (one process), so a multi-node run starts from the file instead of rank 0 learning it while
+    the others wait in a collective."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainingError("--learn-bpe-only runs as one process: run it before torchrun, not under it")
+    if cfg.bpe:
+        raise TrainingError("--learn-bpe-only learns a vocabulary; --bpe gives one: pass one or the other")
+    path = Path(cfg.out) / "bpe.txt.gz"
+    if path.exists():
+        raise TrainingError(f"{path} already exists; the run will use it (delete it to learn a new one)")
+    urls = expand_shards(cfg.train_data)
+    vocab = cfg.vocab_size or model_config(cfg.model).text.vocab_size
+    t0 = time.time()
+    merges = train_bpe(read_captions(urls, cfg.bpe_samples), vocab_size=vocab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_merges(path, merges)
+    print(f"tokenizer: {len(merges) + 514:,} ids learned from the shards' captions in {time.time() - t0:.1f} s "
+          f"-> {path}; `clipforge train` with --out {cfg.out} uses it", flush=True)
+    return path
+
+
 def train(cfg: TrainConfig) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     try:
