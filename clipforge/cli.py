@@ -254,13 +254,29 @@ def _add_score(sub):
     p.set_defaults(func=stages.score, parser=p)
 
 
+def _add_overlap(sub):
+    p = sub.add_parser(
+        "overlap", help="evaluation images the shards also hold (near-duplicates): report, exclude list, picture",
+        formatter_class=_formatter, description=HELP['overlap'])
+    p.add_argument("--shards", default=None, metavar="DIR", help="a shard set (default: the demo's, data/demo/shards)")
+    p.add_argument("--eval", nargs="+", default=None, metavar="DIR",
+                   help="evaluation sets: ImageFolder trees or directories of labelled shards "
+                        "(default: the demo world's held-out sets)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where overlap.json, exclude.txt and overlap.png go "
+                                                             "(default: overlap, or data/demo/overlap)")
+    p.add_argument("--max-distance", type=int, default=None, metavar="BITS",
+                   help="perceptual-hash bits (of 64) within which an image counts as a copy (default: 4)")
+    p.set_defaults(func=stages.overlap, parser=p)
+
+
 def _add_stats(sub):
     p = sub.add_parser(
         "stats", help="dataset report (HTML, Markdown, PNG plots, stats.json) from the stages' outputs",
         formatter_class=_formatter,
         description=HELP['stats'])
     p.add_argument("--data", nargs="+", default=None, metavar="DIR",
-                   help="stage output directories (queries/, pairs/, shards/) or a directory holding them")
+                   help="stage output directories (queries/, pairs/, shards/, an overlap directory) or a "
+                        "directory holding them")
     p.add_argument("--out", default=None, help="report directory (default: reports, or data/demo/reports)")
     p.add_argument("--samples", type=int, default=36, help="samples on the contact sheet (default: 36)")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact sheet's sample (default: 0)")
@@ -323,6 +339,7 @@ def build_parser():
     _add_eval(sub)
     _add_score(sub)
     _add_stats(sub)
+    _add_overlap(sub)
     _add_demo(sub)
     return p
 

@@ -74,6 +74,16 @@ query_counts.parquet, shard index parquets, sizes.json, the tars) and write repo
 before and after balancing, sources, languages, sizes, failures, shards, a contact sheet.
 
 With no --data it reports on the demo run (data/demo/) into data/demo/reports/.""",
+    'overlap': """\
+CLIP's data-overlap analysis: which evaluation images a shard set also holds, resized,
+re-encoded or lightly cropped by the site that published them. Every evaluation image
+(ImageFolder trees or labelled shards) is hashed, uncropped and cropped by up to 5% per
+side, and compared with the perceptual hashes of the shard index (multi-index search).
+Writes overlap.json (per set: images, how many have a copy, every pair with its distance),
+exclude.txt (shard sample keys to leave out of training) and overlap.png (the closest
+pairs side by side); `clipforge stats` shows it when given the directory.
+
+With no arguments: the demo's shards against the demo world's held-out sets.""",
     'demo': """\
 The demo web: a generated, deterministic world of pages, images, WARC/WAT
 files, a URL list, a Wikipedia-format dump, pageviews and a WordNet lexicon,

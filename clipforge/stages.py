@@ -327,6 +327,28 @@ def score(a):
     return 0
 
 
+# --- overlap --------------------------------------------------------------------------------------
+
+def overlap(a):
+    from clipforge.trainer.overlap import DEFAULT_MAX_DISTANCE, find_overlap
+
+    demo = a.shards is None and a.eval is None
+    shards = a.shards or str(chain.DEMO_SHARDS)
+    evals = a.eval or [str(chain.DEFAULT_WORLD / "heldout" / "shape"), str(chain.DEFAULT_WORLD / "heldout" / "colour")]
+    if a.eval is None and not demo:
+        raise UserError("--eval: give the evaluation sets to compare with the shards")
+    distance = DEFAULT_MAX_DISTANCE if a.max_distance is None else a.max_distance
+    if not 0 <= distance <= 16:
+        raise UserError("--max-distance must be 0 to 16 bits (of 64)")
+    out = a.out or str(chain.DEMO_OVERLAP if demo else "overlap")
+    r = find_overlap(shards, evals, out, distance, log=lambda m: print(m, file=sys.stderr))
+    for name, v in r["sets"].items():
+        print(f"overlap: {name}: {v['with_overlap']:,} of {v['images']:,} images have a near-duplicate in the shards "
+              f"({v['overlap_fraction']:.1%})")
+    print(f"overlap: {r['excluded_keys']:,} shard samples to exclude -> {out}/exclude.txt, overlap.json, overlap.png")
+    return 0
+
+
 # --- stats ----------------------------------------------------------------------------------------
 
 def stats(a):

@@ -19,6 +19,7 @@ DEMO_QUERIES = Path("data/demo/queries")
 DEMO_PAIRS = Path("data/demo/pairs")
 DEMO_SHARDS = Path("data/demo/shards")
 DEMO_REPORTS = Path("data/demo/reports")
+DEMO_OVERLAP = Path("data/demo/overlap")
 DEMO_RUN = Path("data/demo/runs/tiny")
 
 # Bigram PMI in the demo corpus peaks near 9 (log2), so CLIP's threshold of 30 would keep none.

@@ -82,3 +82,20 @@ def test_planted_overlap_is_found_and_nothing_else(site, tmp_path):  # noqa: F81
     md = (rep / "report.md").read_text()
     assert "## Overlap with evaluation sets" in md and "overlap.png" in md
     assert (rep / "overlap.png").read_bytes() == (out / "overlap.png").read_bytes()
+
+    # the command line: the same report, and bad input as one line
+    import subprocess
+    import sys
+    from pathlib import Path
+    cli = str(Path(sys.executable).with_name("clipforge"))
+    r = subprocess.run([cli, "overlap", "--shards", str(shards), "--eval", str(folder), str(labelled),
+                        "--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{folder}: 3 of 8 images have a near-duplicate" in r.stdout
+    assert read_exclude(tmp_path / "o2" / "exclude.txt") == read_exclude(out / "exclude.txt")
+    for argv, words in ((["--shards", str(tmp_path / "nowhere"), "--eval", str(folder)], "no shard indexes"),
+                        (["--shards", str(shards), "--eval", str(folder), "--max-distance", "40"], "max-distance"),
+                        (["--shards", str(shards)], "--eval")):
+        r = subprocess.run([cli, "overlap", *argv, "--out", str(tmp_path / "o3")], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode != 0 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
