@@ -260,3 +260,31 @@ def test_gathered_features_backward_by_reduce_scatter_gives_the_full_batch_gradi
         line = next(x for x in text.splitlines() if x.startswith("GRADS"))
         vs_full, vs_old = map(float, line.split()[2:])
         assert vs_full < 1e-6 and vs_old < 1e-6, line
+
+
+@pytest.mark.slow
+def test_evaluation_during_training_is_spread_over_the_ranks(tmp_path):
+    """Two ranks evaluate half the held-out images each (with a loader worker) and sum the counts:
+    the metrics line equals a one-process evaluation of the checkpoint written at that step."""
+    import json
+
+    import torch
+
+    from clipforge.trainer.zeroshot import evaluate_imagefolder, load_model
+    from train_helpers import write_heldout
+
+    shards = write_shards(tmp_path / "shards", n_shards=2, per_shard=32)
+    heldout = write_heldout(tmp_path / "heldout", per_class=3)
+    out = tmp_path / "run"
+    results = _ranks(lambda rank: ["--train-data", shards, "--out", out, "--eval-every", "2", "--eval-data", heldout])
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    got = [x["eval"] for x in lines if "eval" in x]
+    assert len(got) == 1
+    model, tokenizer = load_model(checkpoint_path(out, 2))
+    model.eval()
+    with torch.no_grad():
+        want = evaluate_imagefolder(model, tokenizer, heldout, workers=0)
+    for k in ("top1", "top5", "mean_per_class_recall", "chance_top1"):
+        assert got[0][k] == pytest.approx(want[k], abs=1e-6), k     # float32 means there; one image of 12 is 0.083

@@ -425,7 +425,7 @@ class Run:
                     last_loss, scale = self._flush(pending, values, metrics, writer)
                     pending, values = [], []
                 if evaluate:
-                    eval_result = self._evaluate(raw, tokenizer, step, metrics, writer)
+                    eval_result = self._evaluate(raw, tokenizer, step, metrics, writer, workers, autocast)
                 if logging:
                     mean_dt = sum(step_times) / len(step_times)
                     eta = (total - step) * mean_dt
@@ -590,14 +590,13 @@ class Run:
             return None
         return SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1 if step else None)
 
-    def _evaluate(self, raw, tokenizer, step, metrics, writer):
-        """Rank 0 evaluates (no collectives inside); the others wait for it at the next step."""
+    def _evaluate(self, raw, tokenizer, step, metrics, writer, workers, autocast):
+        """Every rank evaluates a slice of the set (loader workers, the run's autocast); the counts
+        are summed over ranks, so no rank waits in a collective while rank 0 works alone."""
         from clipforge.trainer.zeroshot import evaluate_during_training
 
-        if not self.main:
-            return None
-
-        result = evaluate_during_training(raw, tokenizer, self.cfg.eval_data, self.device)
+        result = evaluate_during_training(raw, tokenizer, self.cfg.eval_data, self.device, self.rank, self.world,
+                                          workers, autocast)
         if self.main and result is not None:
             record = {"step": step, "eval": result}
             metrics.write(json.dumps(record) + "\n")

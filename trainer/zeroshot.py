@@ -9,6 +9,7 @@ Scoring: the cosine similarity of each pair (the CLIP-score filter of LAION and 
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -210,16 +211,51 @@ def evaluate_retrieval(model, tokenizer, shards, device="cpu", batch_size=256, w
     return result
 
 
-def evaluate_during_training(model, tokenizer, eval_data, device) -> dict | None:
-    """Zero-shot top-1/top-5 on an ImageFolder tree, from inside the training loop (model restored to train)."""
+def evaluate_during_training(model, tokenizer, eval_data, device, rank: int = 0, world: int = 1, workers: int = 0,
+                             autocast=contextlib.nullcontext) -> dict | None:
+    """Zero-shot top-1/top-5 on an ImageFolder tree, from inside the training loop (model restored
+    to train). With several ranks each embeds every world-th image (with loader workers, under the
+    run's autocast) and the counts are summed over ranks: every rank gets the whole set's result,
+    and none waits while one rank works alone."""
+    import torch.distributed as dist
+
+    from clipforge.trainer.evalsets import folder_batches, image_folder
+
+    files, labels, names = image_folder(eval_data)
+    files, labels = files[rank::world], labels[rank::world]
     was_training = model.training
     model.eval()
+    n = len(names)
+    counts = torch.zeros(3 + n * n, dtype=torch.float64)   # top-1 right, top-5 right, images, confusion matrix
     try:
-        r = evaluate_imagefolder(model, tokenizer, eval_data, device=device, workers=0)
+        with torch.no_grad(), autocast():
+            classes = class_embeddings(model, tokenizer, names, TEMPLATES, device)
+            for images, y, ok in (folder_batches(files, labels, model.image_size, 256, workers) if files else ()):
+                if not ok.any():
+                    continue
+                logits = (image_embeddings(model, images[ok], device) @ classes.float().T).float().cpu()
+                y = y[ok].long()
+                top = logits.topk(min(5, n), dim=1).indices
+                counts[0] += float((top[:, 0] == y).sum())
+                counts[1] += float((top == y[:, None]).any(dim=1).sum())
+                counts[2] += len(y)
+                cm = torch.zeros(n, n, dtype=torch.float64)
+                cm.index_put_((y, top[:, 0]), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+                counts[3:] += cm.flatten()
     finally:
         model.train(was_training)
-    return {"top1": r["top1"], "top5": r["top5"], "mean_per_class_recall": r["mean_per_class_recall"],
-            "chance_top1": r["chance_top1"]}
+    if world > 1:
+        counts = counts.to(device)
+        dist.all_reduce(counts)
+        counts = counts.cpu()
+    if counts[2] == 0:
+        raise InputError(f"{eval_data}: the evaluation set has no usable image")
+    cm = counts[3:].view(n, n)
+    support = cm.sum(dim=1)
+    present = support > 0
+    recall = cm.diag() / support.clamp(min=1)
+    return {"top1": float(counts[0] / counts[2]), "top5": float(counts[1] / counts[2]),
+            "mean_per_class_recall": float(recall[present].mean()), "chance_top1": 1 / n}
 
 
 @torch.no_grad()
