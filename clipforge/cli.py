@@ -265,7 +265,10 @@ def _add_overlap(sub):
     p.add_argument("--out", default=None, metavar="DIR", help="where overlap.json, exclude.txt and overlap.png go "
                                                              "(default: overlap, or data/demo/overlap)")
     p.add_argument("--max-distance", type=int, default=None, metavar="BITS",
-                   help="perceptual-hash bits (of 64) within which an image counts as a copy (default: 4)")
+                   help="perceptual-hash bits (of 64) within which a shard image is a candidate copy (default: 8)")
+    p.add_argument("--min-similarity", type=float, default=None, metavar="R",
+                   help="how alike a candidate's pixels must be (correlation of 16x16 colour thumbnails, "
+                        "-1 to 1) to count as a copy (default: 0.95)")
     p.set_defaults(func=stages.overlap, parser=p)
 
 
@@ -305,7 +308,7 @@ def _add_demo(sub):
     g.add_argument("--heldout-per-class", type=int, default=20,
                    help="held-out images per class for zero-shot eval (default: %(default)s)")
     g.add_argument("--force", action="store_true", help="rebuild even if an identical world exists")
-    g.set_defaults(func=lambda a: chain.generate(a.out, a.seed, a.size, a.port, a.heldout_per_class, a.force),
+    g.set_defaults(func=lambda a: chain.generate(a.out, a.seed, a.size, a.port, a.heldout_per_class, a.force) and 0,
                    parser=g)
 
     s = acts.add_parser("serve", help="serve a demo world on loopback until Ctrl-C", formatter_class=_formatter,

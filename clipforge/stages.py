@@ -330,7 +330,7 @@ def score(a):
 # --- overlap --------------------------------------------------------------------------------------
 
 def overlap(a):
-    from clipforge.trainer.overlap import DEFAULT_MAX_DISTANCE, find_overlap
+    from clipforge.trainer.overlap import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_SIMILARITY, find_overlap
 
     demo = a.shards is None and a.eval is None
     shards = a.shards or str(chain.DEMO_SHARDS)
@@ -340,8 +340,11 @@ def overlap(a):
     distance = DEFAULT_MAX_DISTANCE if a.max_distance is None else a.max_distance
     if not 0 <= distance <= 16:
         raise UserError("--max-distance must be 0 to 16 bits (of 64)")
+    similar = DEFAULT_MIN_SIMILARITY if a.min_similarity is None else a.min_similarity
+    if not -1 <= similar <= 1:
+        raise UserError("--min-similarity must be between -1 and 1")
     out = a.out or str(chain.DEMO_OVERLAP if demo else "overlap")
-    r = find_overlap(shards, evals, out, distance, log=lambda m: print(m, file=sys.stderr))
+    r = find_overlap(shards, evals, out, distance, similar, log=lambda m: print(m, file=sys.stderr))
     for name, v in r["sets"].items():
         print(f"overlap: {name}: {v['with_overlap']:,} of {v['images']:,} images have a near-duplicate in the shards "
               f"({v['overlap_fraction']:.1%})")

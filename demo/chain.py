@@ -109,7 +109,7 @@ def generate(out=DEFAULT_WORLD, seed=0, size=4000, port=0, heldout_per_class=20,
         same = (m.get("generator_version"), m["seed"], m["size"]) == (GENERATOR_VERSION, seed, size)
         if same and (port in (0, m["port"])):
             print(f"demo world already at {out} (seed {seed}, size {size}, {m['base_url']}); --force to rebuild")
-            return 0
+            return False
     t = time.time()
     print(f"generating the demo world: seed {seed}, {size} images -> {out}", flush=True)
     m = write_world(WorldConfig(out=out, seed=seed, size=size, port=port, heldout_per_class=heldout_per_class))
@@ -118,7 +118,7 @@ def generate(out=DEFAULT_WORLD, seed=0, size=4000, port=0, heldout_per_class=20,
           f"{len(m['messy'])} messy cases, {c['wiki_articles']} wiki articles, "
           f"{c['heldout_shape']}+{c['heldout_colour']} held-out images")
     print(f"  base URL {m['base_url']}; done in {time.time() - t:.1f} s")
-    return 0
+    return True
 
 
 def serve(world=DEFAULT_WORLD, host="127.0.0.1", port=None):
@@ -139,12 +139,15 @@ def run_chain(world=DEFAULT_WORLD, seed=0, size=4000, fresh=False, epochs=None):
     if epochs is not None and epochs < 1:
         raise UserError("--epochs must be positive")
     t0 = time.time()
+    downstream = (DEMO_QUERIES, DEMO_PAIRS, DEMO_SHARDS, DEMO_OVERLAP, DEMO_REPORTS, DEMO_RUN)
     if fresh:
-        for d in (DEMO_QUERIES, DEMO_PAIRS, DEMO_SHARDS, DEMO_REPORTS, DEMO_RUN):
+        for d in downstream:
             shutil.rmtree(d, ignore_errors=True)
-    banner = lambda n, what: print(f"\n== [{n}/7] {what} ({_elapsed(t0)}) ==", flush=True)   # noqa: E731
+    banner = lambda n, what: print(f"\n== [{n}/8] {what} ({_elapsed(t0)}) ==", flush=True)   # noqa: E731
     banner(1, "demo web")
-    generate(Path(world), seed=seed, size=size, force=fresh)
+    if generate(Path(world), seed=seed, size=size, force=fresh):  # a new world: nothing made from the old one stays
+        for d in downstream:
+            shutil.rmtree(d, ignore_errors=True)
     m = load_manifest(world)
     import requests
 
@@ -165,9 +168,12 @@ def run_chain(world=DEFAULT_WORLD, seed=0, size=4000, fresh=False, epochs=None):
         print(f"crawl: reusing {DEMO_PAIRS}")
     banner(4, "shard")
     stages.shard(_flags("shard"), [])
-    banner(5, "stats")
+    banner(5, "overlap with the held-out sets")
+    stages.overlap(_flags("overlap"))
+    planted_report(m)
+    banner(6, "stats")
     stages.stats(_flags("stats"))
-    banner(6, "train")
+    banner(7, "train")
     train = _flags("train")
     train.epochs = epochs
     if (DEMO_RUN / "train_stats.json").exists():
@@ -179,18 +185,38 @@ def run_chain(world=DEFAULT_WORLD, seed=0, size=4000, fresh=False, epochs=None):
             print(f"train: resuming {DEMO_RUN}")
             train.resume = "latest"
         stages.train(train)
-    banner(7, "zero-shot eval")
+    banner(8, "zero-shot eval")
     stages.evaluate(_flags("eval"))
     results = json.loads((DEMO_RUN / "eval" / "eval.json").read_text())["results"]
     print(f"\nclipforge demo: done in {_elapsed(t0)}. Outputs:")
     for what, where in (("demo web", world), ("query list", DEMO_QUERIES), ("pairs", DEMO_PAIRS),
-                        ("shards", DEMO_SHARDS), ("report", DEMO_REPORTS / "report.html"),
+                        ("shards", DEMO_SHARDS), ("overlap", DEMO_OVERLAP / "overlap.json"),
+                        ("report", DEMO_REPORTS / "report.html"),
                         ("run", DEMO_RUN), ("eval", DEMO_RUN / "eval" / "eval.json")):
         print(f"  {what:<11} {where}")
     for name, r in results.items():
         print(f"zero-shot {name}: top-1 {100 * r['top1']:.1f}% on {r['samples']} held-out images "
               f"({r['classes']} classes, chance {100 * r['chance_top1']:.1f}%, {r['top1'] / r['chance_top1']:.1f}x chance)")
     return 0
+
+
+def planted_report(manifest, shards=DEMO_SHARDS, overlap=DEMO_OVERLAP):
+    """How the world's planted overlap fared: published, reached the shards, found by the overlap
+    search. Returns (planted, in shards, found); a planted image in the shards that the search
+    missed is an error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = {p["url"] for p in manifest.get("planted", [])}
+    index = pa.concat_tables(pq.read_table(p, columns=["url", "key", "status"]) for p in sorted(shards.glob("0*.parquet")))
+    in_shards = {r["key"] for r in index.to_pylist() if r["url"] in urls and r["status"] == "success"}
+    found = set((overlap / "exclude.txt").read_text().split())
+    missed = in_shards - found
+    print(f"overlap: the world planted {len(urls)} held-out images on its pages; {len(in_shards)} reached the shards "
+          f"(the others were balanced out or failed like any pair), {len(in_shards & found)} of them found")
+    if missed:
+        raise RuntimeError(f"the overlap search missed planted held-out images in the shards: {sorted(missed)}")
+    return len(urls), len(in_shards), len(in_shards & found)
 
 
 def _elapsed(t0):

@@ -12,6 +12,12 @@
     OUT/wordnet/           noun.demo.yaml (Open English WordNet YAML)
     OUT/heldout/shape/<shape>/*.jpg, OUT/heldout/colour/<colour>/*.jpg   zero-shot test sets
 
+Like the web CLIP's paper measured, the demo web holds a few of its own test images: from each
+held-out class, ``planted_per_class`` images are also published on the pages (site/img/planted/),
+slightly cropped, resized, brightened or darkened and recompressed, with English alt texts.
+``manifest.json`` lists them under "planted"; ``clipforge overlap`` should find each one that
+reaches the shards.
+
 Every URL in the world is ``http://127.0.0.1:PORT/...``: the port is part of the world, so
 the same seed, size and port give the same bytes.
 """
@@ -36,7 +42,7 @@ from clipforge.demo import captions, concepts, corpora, messy
 from clipforge.demo.archives import Capture, write_warc_and_wat
 from clipforge.errors import MissingInput
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: some held-out images are also published on the web (the planted overlap)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class WorldConfig:
     size: int = 4000  # distinct images on the web
     port: int = 0  # 0: pick a free loopback port now and record it
     heldout_per_class: int = 20
+    planted_per_class: int = 1  # held-out images per class also published on the web, altered
 
 
 def free_port(host="127.0.0.1"):
@@ -77,6 +84,22 @@ def _encode(img, fmt, rng):
         return buf.getvalue(), "jpg"
     img.save(buf, "JPEG", quality=rng.choice((75, 85, 92)))
     return buf.getvalue(), "jpg"
+
+
+def _republish(img, rng):
+    """What another site makes of a picture: cropped by up to 4% a side, resized 0.6-1.4x,
+    brightness within 6%, JPEG quality 70-90."""
+    from PIL import ImageEnhance
+
+    w, h = img.size
+    left, top, right, bottom = (int(rng.uniform(0, 0.04) * v) for v in (w, h, w, h))
+    img = img.crop((left, top, w - right, h - bottom))
+    f = rng.uniform(0.6, 1.4)
+    img = img.resize((max(16, round(img.width * f)), max(16, round(img.height * f))), Image.Resampling.BICUBIC)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.94, 1.06))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=rng.randint(70, 90))
+    return buf.getvalue()
 
 
 class _Writer:
@@ -158,6 +181,18 @@ def _generate(cfg, root, port, base):
     rng_page = random.Random(f"{cfg.seed}:pages")
     truth = []
 
+    # 0. held-out labelled images for zero-shot evaluation (a separate random stream), written
+    #    in step 7; a few of them are published on the web too, altered (the planted overlap)
+    rng_held = random.Random(f"{cfg.seed}:heldout")
+    heldout = []  # (relative path, class set, attrs, image, bytes)
+    for kind, classes, key in (("shape", concepts.SHAPES, "shape"), ("colour", concepts.COLOURS, "colour")):
+        for name in classes:
+            for j in range(cfg.heldout_per_class):
+                attrs = concepts.sample_attributes(rng_held, **{key: name})
+                img = concepts.draw(attrs, rng_held)
+                data, _ = _encode(img, "jpeg", rng_held)
+                heldout.append((f"heldout/{kind}/{name}/{j:03d}.jpg", kind, attrs, img, data))
+
     # 1. images
     images = []  # (id, url path, attrs, width, height)
     formats = ("jpeg",) * 85 + ("png",) * 4 + ("png_alpha",) * 4 + ("webp",) * 4 + ("jpeg_exif",) * 3
@@ -168,6 +203,19 @@ def _generate(cfg, root, port, base):
         rel = f"img/{i // 1000:02d}/{i:05d}.{ext}"
         w.write(f"site/{rel}", data)
         images.append((i, "/" + rel, attrs, img.width, img.height))
+
+    rng_plant = random.Random(f"{cfg.seed}:plant")
+    planted = {}  # image id -> held-out relative path
+    by_class = {}
+    for rel, kind, attrs, img, _ in heldout:
+        by_class.setdefault(rel.rsplit("/", 1)[0], []).append((rel, attrs, img))
+    for members in by_class.values():
+        for rel, attrs, img in rng_plant.sample(members, min(cfg.planted_per_class, len(members))):
+            i = cfg.size + len(planted)
+            data = _republish(img, rng_plant)
+            path = f"/img/planted/{i:05d}.jpg"
+            w.write(f"site{path}", data)
+            planted[i] = (rel, path, attrs, *Image.open(io.BytesIO(data)).size)
 
     # 2. the same image under other URLs: a mirror path and a cache-busting query string
     occurrences = []  # (image id, url path, kind)
@@ -202,6 +250,10 @@ def _generate(cfg, root, port, base):
         k += n
     for case in messy_links:
         rng_page.choice(pages).append((None, case["path"], case["name"]))
+    for i, (_, path, attrs, iw, ih) in planted.items():  # their own random stream: the rest stays as it was
+        by_id[i] = (attrs, iw, ih)
+        page = rng_plant.choice(pages)
+        page.insert(rng_plant.randrange(len(page) + 1), (i, path, "planted_overlap"))
     captures = []
     page_headers = {}
     for p, items in enumerate(pages):
@@ -216,10 +268,13 @@ def _generate(cfg, root, port, base):
                 attrs = concepts.sample_attributes(rng_txt)
                 text, attr, lang = captions.english(attrs, rng_txt), "alt", "en"
                 iw, ih = 160, 120
+            elif img_id in planted:  # a held-out image on the web: an ordinary English alt
+                attrs, iw, ih = by_id[img_id]
+                text, attr, lang = captions.english(attrs, rng_plant), "alt", "en"
             else:
                 attrs, iw, ih = by_id[img_id]
                 text, attr, lang = _caption(attrs, rng_txt)
-            style = rng_page.choice(("absolute", "root", "relative", "protocol"))
+            style = (rng_plant if img_id in planted else rng_page).choice(("absolute", "root", "relative", "protocol"))
             src = _src(url_path, style, base, has_base)
             if text is not None and charset != "utf-8":
                 text = text.encode(charset, errors="ignore").decode(charset)
@@ -292,18 +347,9 @@ def _generate(cfg, root, port, base):
         w.write(f"pageviews/{name}", data)
     w.write("wordnet/noun.demo.yaml", corpora.wordnet_yaml())
 
-    # 7. held-out labelled images for zero-shot evaluation (a separate random stream)
-    rng_held = random.Random(f"{cfg.seed}:heldout")
-    for shape in concepts.SHAPES:
-        for j in range(cfg.heldout_per_class):
-            img = concepts.draw(concepts.sample_attributes(rng_held, shape=shape), rng_held)
-            data, _ = _encode(img, "jpeg", rng_held)
-            w.write(f"heldout/shape/{shape}/{j:03d}.jpg", data)
-    for colour in concepts.COLOURS:
-        for j in range(cfg.heldout_per_class):
-            img = concepts.draw(concepts.sample_attributes(rng_held, colour=colour), rng_held)
-            data, _ = _encode(img, "jpeg", rng_held)
-            w.write(f"heldout/colour/{colour}/{j:03d}.jpg", data)
+    # 7. the held-out labelled images (made in step 0)
+    for rel, _, _, _, data in heldout:
+        w.write(rel, data)
 
     w.write("routes.json", json.dumps(routes, indent=1, sort_keys=True).encode())
     manifest = {
@@ -320,7 +366,9 @@ def _generate(cfg, root, port, base):
             "wiki_articles": n_articles,
             "heldout_shape": len(concepts.SHAPES) * cfg.heldout_per_class,
             "heldout_colour": len(concepts.COLOURS) * cfg.heldout_per_class,
+            "planted": len(planted),
         },
+        "planted": [{"heldout": v[0], "url": base + v[1]} for _, v in sorted(planted.items())],
         "inputs": {
             "warc": "crawl/demo-00000.warc.gz",
             "wat": "crawl/demo-00000.warc.wat.gz",

@@ -22,14 +22,38 @@ def chain(tmp_path_factory):
 
 def test_every_stage_ran_and_reported_progress(chain):
     cwd, proc = chain
-    for n, what in enumerate(["demo web", "query list", "crawl", "shard", "stats", "train", "zero-shot eval"], 1):
-        assert f"== [{n}/7] {what}" in proc.stdout
+    for n, what in enumerate(["demo web", "query list", "crawl", "shard", "overlap with the held-out sets", "stats",
+                              "train", "zero-shot eval"], 1):
+        assert f"== [{n}/8] {what}" in proc.stdout
     assert "ETA" in proc.stdout and "samples/s" in proc.stdout
     assert "clipforge demo: done" in proc.stdout
     for path in ("data/demo/queries/queries.parquet", "data/demo/pairs/crawl_stats.json", "data/demo/shards/sizes.json",
                  "data/demo/reports/report.html", "data/demo/runs/tiny/train_stats.json",
                  "data/demo/runs/tiny/eval/eval.json"):
         assert (cwd / path).exists(), path
+
+
+def test_the_planted_overlap_is_found_and_reported(chain):
+    """The world publishes some held-out images on its pages; every one that reached the shards
+    is in the overlap report, its exclude list, and the dataset report's overlap section."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cwd, proc = chain
+    manifest = json.loads((cwd / "data/demo/world/manifest.json").read_text())
+    planted = {p["url"]: p["heldout"] for p in manifest["planted"]}
+    index = pa.concat_tables(pq.read_table(p) for p in sorted((cwd / "data/demo/shards").glob("0*.parquet")))
+    stored = {r["key"]: planted[r["url"]] for r in index.to_pylist() if r["url"] in planted and r["status"] == "success"}
+    assert stored, "no planted image reached the shards"
+    overlap = json.loads((cwd / "data/demo/overlap/overlap.json").read_text())
+    pairs = {(p["key"], f"heldout/{Path(name).name}/{p['eval']}")
+             for name, v in overlap["sets"].items() for p in v["pairs"]}
+    assert set(stored.items()) <= pairs  # each planted copy, matched with its own held-out file
+    excluded = set((cwd / "data/demo/overlap/exclude.txt").read_text().split())
+    assert set(stored) <= excluded
+    assert f"{len(stored)} reached the shards" in proc.stdout
+    report = json.loads((cwd / "data/demo/reports/stats.json").read_text())
+    assert report["overlap"]["excluded_keys"] == len(excluded)
 
 
 def test_funnels_add_up_at_every_stage(chain):

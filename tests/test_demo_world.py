@@ -264,3 +264,28 @@ def test_heldout_sets_are_labelled_imagefolders(world_dir):
             files = sorted((root / cls).glob("*.jpg"))
             assert len(files) == 3
             Image.open(files[0]).load()
+
+
+def test_some_heldout_images_are_on_the_web_altered(world_dir):
+    """The planted overlap: one held-out image per class is published on a page (cropped,
+    resized, recompressed), linked with an English alt; the overlap search's hash finds each
+    one from its held-out file, and no held-out image is planted twice."""
+    import numpy as np
+    from PIL import Image
+
+    from clipforge.schemas.phash import crop_probes, distance, phash
+
+    m = load_manifest(world_dir)
+    planted = m["planted"]
+    classes = {p["heldout"].rsplit("/", 1)[0] for p in planted}
+    assert len(planted) == m["counts"]["planted"] == len(classes) > 0
+    truth = pq.read_table(world_dir / "truth.parquet").to_pylist()
+    linked = {t["url"]: t for t in truth if t["kind"] == "planted_overlap"}
+    for p in planted:
+        t = linked[p["url"]]
+        assert t["text_attr"] == "alt" and t["lang"] == "en" and t["text"]
+        held = np.asarray(Image.open(world_dir / p["heldout"]).convert("RGB"))
+        web = Image.open(world_dir / "site" / p["url"].split("/", 3)[3]).convert("RGB")
+        assert web.size != Image.open(world_dir / p["heldout"]).size  # altered, not a byte copy
+        stored = np.asarray(web.resize((round(web.width * 64 / min(web.size)), round(web.height * 64 / min(web.size)))))
+        assert min(distance(h, phash(stored)) for h in crop_probes(held)) <= 4, p

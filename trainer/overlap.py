@@ -4,11 +4,12 @@
 every evaluation image with the shard index's perceptual hash (``schemas.phash``), uncropped and
 cropped by 0, 2.5 and 5% on each side (``crop_probes``: 81 hashes, so a copy another site
 cropped is still close to one of them), finds the shard samples within ``--max-distance`` bits
-of any of them (multi-index search, not all pairs), and writes
+of any of them (multi-index search, not all pairs), keeps those whose pixels agree (``similarity``
+of the matching crop and the stored image, in colour: the hash sees only grey), and writes
 
 - ``DIR/overlap.json``: per evaluation set, its images, how many have a near-duplicate in the
   shards, unreadable files by reason, and every pair (evaluation image, shard sample key,
-  distance), closest first;
+  distance, similarity), closest first;
 - ``DIR/exclude.txt``: the shard sample keys to leave out of training, one per line (what
   ``clipforge train --exclude`` reads);
 - ``DIR/overlap.png``: the closest pairs side by side, since a person judges duplicates by eye.
@@ -29,21 +30,29 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from clipforge.errors import InputError, MissingInput
-from clipforge.schemas.phash import HashIndex, crop_probes
+from clipforge.schemas.phash import CROP_GRID, HashIndex, crop_probes
 from clipforge.schemas.validate import read_tar_samples
 from clipforge.trainer.data import sample_image
 from clipforge.trainer.evalsets import image_folder
 
-# With the crop probes, copies of generated photos resized 0.5-2x, cropped up to 5% per side,
-# brightened or darkened up to 10% and re-encoded at JPEG quality 60-95 were all within 4 bits
-# (99% within 3), and none of 300 evaluation images came within 5 bits of any of 2,000 distinct
-# shard images (one did at 6): 4 leaves a bit of margin on both sides.
-DEFAULT_MAX_DISTANCE = 4
+# A pair is a copy when the hashes are within DEFAULT_MAX_DISTANCE bits (of any crop probe) and
+# the pixels agree: ``similarity`` at least DEFAULT_MIN_SIMILARITY. Measured on 300 generated
+# photos and their copies (resized 0.5-2x, cropped up to 5% per side, brightness within 10%, JPEG
+# quality 60-95) against 2,000 other photos (tests/test_phash.py): every copy's hash was within
+# 4 bits of a probe, with similarity 0.992 or more; the hash alone paired 6 evaluation photos
+# with other photos at 8 bits (20 pairs at 10), all below 0.76 similarity. On the demo's stored
+# 64 px shapes the hash is looser (a planted copy at 6 bits, and many different shapes of a like
+# outline within 8), and the colour check keeps the planted copies (0.97 or more) and drops 99%
+# of the rest; what is left there are shapes of the same colour and outline a person also pairs.
+DEFAULT_MAX_DISTANCE = 8
+DEFAULT_MIN_SIMILARITY = 0.95
+THUMB = 16
 MAX_EVAL_PIXELS = 50_000_000  # the decompression-bomb guard, as the shard stage's
 PLOT_PAIRS = 16
 
@@ -117,7 +126,28 @@ def eval_images(path):
             yield str(f.relative_to(root)), None, "unreadable_file"
 
 
-def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTANCE, log=print):
+def probe_crop(pixels, probe, grid=CROP_GRID):
+    """The part of an image that ``crop_probes``' hash number ``probe`` was computed from."""
+    n = len(grid)
+    left, top, right, bottom = (grid[probe // n ** k % n] for k in (3, 2, 1, 0))
+    h, w = pixels.shape[:2]
+    return pixels[int(top * h):h - int(bottom * h), int(left * w):w - int(right * w)]
+
+
+def similarity(a, b, size=THUMB):
+    """Correlation of two RGB images shrunk to ``size`` x ``size`` (area averaging), after removing
+    each one's mean over all channels: 1 for the same picture, unchanged by brightness and
+    contrast, lower when colours or layout differ (the perceptual hash sees grey only)."""
+    x = cv2.resize(np.ascontiguousarray(a), (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+    y = cv2.resize(np.ascontiguousarray(b), (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+    x -= x.mean()
+    y -= y.mean()
+    norm = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / norm) if norm > 0 else float(np.array_equal(x, y))
+
+
+def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTANCE,
+                 min_similarity=DEFAULT_MIN_SIMILARITY, log=print):
     """Write overlap.json, exclude.txt and overlap.png; return the report."""
     t0 = time.monotonic()
     keys, hashes, tars, unhashed = shard_hashes(shards_dir)
@@ -126,8 +156,8 @@ def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTAN
         + (f" ({unhashed:,} without a perceptual hash: shard indexes from before it)" if unhashed else ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"shards": str(shards_dir), "max_distance": max_distance, "shard_images": len(keys),
-              "shard_images_without_hash": unhashed, "sets": {}}
+    report = {"shards": str(shards_dir), "max_distance": max_distance, "min_similarity": min_similarity,
+              "shard_images": len(keys), "shard_images_without_hash": unhashed, "sets": {}}
     exclude, closest = set(), []
     for eval_dir in eval_dirs:
         names, probes, bad = [], [], Counter()
@@ -146,27 +176,58 @@ def find_overlap(shards_dir, eval_dirs, out_dir, max_distance=DEFAULT_MAX_DISTAN
                 last = time.monotonic()
         per_image = len(probes[0]) if probes else 1
         qi, si, dist = index.search(np.array(probes, dtype=np.int64).reshape(-1), max_distance)
-        best = {}  # (eval image, shard sample) -> the smallest distance over the probes
-        for q, s, d in zip((qi // per_image).tolist(), si.tolist(), dist.tolist()):
-            if (q, s) not in best or d < best[(q, s)]:
-                best[(q, s)] = d
-        pairs = sorted(({"eval": names[q], "key": keys[s], "distance": d} for (q, s), d in best.items()),
-                       key=lambda p: (p["distance"], p["eval"], p["key"]))
+        best = {}  # (eval image, shard sample) -> (smallest distance over the probes, that probe)
+        for q, s, d in zip(qi.tolist(), si.tolist(), dist.tolist()):
+            pair = (q // per_image, s)
+            if pair not in best or d < best[pair][0]:
+                best[pair] = (d, q % per_image)
+        confirmed = _confirm(best, eval_dir, names, keys, tars, min_similarity)
+        pairs = sorted(({"eval": names[q], "key": keys[s], "distance": d, "similarity": round(sim, 4)}
+                        for (q, s), (d, sim) in confirmed.items()),
+                       key=lambda p: (p["distance"], -p["similarity"], p["eval"], p["key"]))
         overlapping = len({p["eval"] for p in pairs})
         report["sets"][str(eval_dir)] = {"images": len(names), "unreadable": dict(bad), "with_overlap": overlapping,
                                          "overlap_fraction": round(overlapping / max(1, len(names)), 6),
-                                         "pairs": pairs}
+                                         "hash_candidates": len(best), "pairs": pairs}
         exclude.update(p["key"] for p in pairs)
-        for (q, s), d in best.items():
-            closest.append((d, str(eval_dir), names[q], keys[s], tars[s]))
+        for (q, s), (d, sim) in confirmed.items():
+            closest.append((d, -sim, str(eval_dir), names[q], keys[s], tars[s]))
         log(f"overlap: {eval_dir}: {overlapping:,} of {len(names):,} images have a near-duplicate in the shards "
-            f"(within {max_distance} bits; {len(pairs):,} pairs)")
+            f"({len(best):,} pairs within {max_distance} bits, {len(pairs):,} of them alike in colour and layout)")
     report["excluded_keys"] = len(exclude)
     report["seconds"] = round(time.monotonic() - t0, 2)
     _atomic_write(out / "exclude.txt", "".join(k + "\n" for k in sorted(exclude)))
     _atomic_write(out / "overlap.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    plot_pairs(sorted(closest)[:PLOT_PAIRS], eval_dirs, out / "overlap.png", max_distance)
+    plot_pairs([(d, e, n, k, t) for d, _, e, n, k, t in sorted(closest)[:PLOT_PAIRS]], eval_dirs,
+               out / "overlap.png", max_distance)
     return report
+
+
+def _confirm(best, eval_dir, names, keys, tars, min_similarity):
+    """{(eval image, shard sample): (distance, similarity)} for the hash candidates whose pixels
+    agree: the evaluation image, cut as its closest probe was, against the stored image."""
+    if not best:
+        return {}
+    shard_px = {}
+    by_tar = {}
+    for _, s in best:
+        by_tar.setdefault(tars[s], set()).add(keys[s])
+    for tar, wanted in by_tar.items():
+        with tarfile.open(tar) as tf:
+            for key in wanted:
+                arr, _ = _open(tf.extractfile(f"{key}.jpg").read())
+                shard_px[key] = arr
+    wanted_eval = {names[q] for q, _ in best}
+    eval_px = {name: _open(data)[0] for name, data, _ in eval_images(eval_dir) if name in wanted_eval and data}
+    out = {}
+    for (q, s), (d, probe) in best.items():
+        a, b = eval_px.get(names[q]), shard_px.get(keys[s])
+        if a is None or b is None:
+            continue
+        sim = similarity(probe_crop(a, probe), b)
+        if sim >= min_similarity:
+            out[(q, s)] = (d, sim)
+    return out
 
 
 def _atomic_write(path, text):
