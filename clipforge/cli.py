@@ -265,7 +265,7 @@ def _add_overlap(sub):
     p.add_argument("--out", default=None, metavar="DIR", help="where overlap.json, exclude.txt and overlap.png go "
                                                              "(default: overlap, or data/demo/overlap)")
     p.add_argument("--max-distance", type=int, default=None, metavar="BITS",
-                   help="perceptual-hash bits (of 64) within which a shard image is a candidate copy (default: 8)")
+                   help="perceptual-hash bits (of 64) within which a shard image is a candidate copy (default: 7)")
     p.add_argument("--min-similarity", type=float, default=None, metavar="R",
                    help="how alike a candidate's pixels must be (correlation of 16x16 colour thumbnails, "
                         "-1 to 1) to count as a copy (default: 0.95)")

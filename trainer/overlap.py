@@ -48,9 +48,10 @@ from clipforge.trainer.evalsets import image_folder
 # 4 bits of a probe, with similarity 0.992 or more; the hash alone paired 6 evaluation photos
 # with other photos at 8 bits (20 pairs at 10), all below 0.76 similarity. On the demo's stored
 # 64 px shapes the hash is looser (a planted copy at 6 bits, and many different shapes of a like
-# outline within 8), and the colour check keeps the planted copies (0.97 or more) and drops 99%
-# of the rest; what is left there are shapes of the same colour and outline a person also pairs.
-DEFAULT_MAX_DISTANCE = 8
+# outline within 7), and the colour check keeps the planted copies (0.97 or more) and drops the
+# rest but for shapes of the same colour and outline that a person also pairs. 7 is also the
+# widest distance the multi-index search serves at its cheapest (each chunk probed within 1 bit).
+DEFAULT_MAX_DISTANCE = 7  # the largest distance at which each 16-bit chunk is probed within 1 bit (see HashIndex)
 DEFAULT_MIN_SIMILARITY = 0.95
 THUMB = 16
 MAX_EVAL_PIXELS = 50_000_000  # the decompression-bomb guard, as the shard stage's
