@@ -39,8 +39,9 @@ def main(argv):
                 row["measured"] = row.get("measured") or old.get("measured")
             sections[name] = {"measured": now, "command": command, "machine": harness.machine_line(),
                               "rows": harness.merge_rows(old.get("rows", []), rows)}
-            if getattr(mod, "ABOUT", None):  # a section's own text: how it was measured, profiles
-                sections[name]["about"] = mod.ABOUT
+            about = getattr(mod, "ABOUT", None) or old.get("about")  # how it was measured, profiles
+            if about:
+                sections[name]["about"] = about
             RESULTS.write_text(json.dumps(dict(sorted(sections.items())), indent=1) + "\n")
     text = harness.markdown(dict(sorted(sections.items())))
     (HERE.parent / "BENCHMARKS.md").write_text(text)

@@ -186,8 +186,9 @@ def markdown(sections, packages=("clipforge", "img2dataset", "apache-beam", "tor
                   f"Measured {sec['measured']} with `{sec['command']}` on {sec['machine']}.", ""]
         if sec.get("about"):
             lines += [sec["about"].strip(), ""]
-        lines += ["| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
-                  "|---|---|---|---|---|---|---|"]
+        if results:  # a section may be its text alone (the GPU one)
+            lines += ["| benchmark | input | clipforge | peer | peer rate | ratio | peak memory (clipforge / peer) |",
+                      "|---|---|---|---|---|---|---|"]
         for r in results:
             mem = (f"{max(r.ours_rss) / 2**20:,.0f} MiB / {max(r.peer_rss) / 2**20:,.0f} MiB"
                    if r.ours_rss and r.peer_rss else "")

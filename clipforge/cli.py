@@ -192,6 +192,9 @@ def _add_train(sub):
     l.add_argument("--bpe", default=None, help="BPE merges file, e.g. CLIP's bpe_simple_vocab_16e6.txt.gz "
                                               "(default: learn one from the captions)")
     l.add_argument("--vocab-size", type=int, default=None, help="ids in a learned vocabulary (default: 49408)")
+    l.add_argument("--exclude", default=None, metavar="FILE",
+                   help="shard sample keys not to train on, one per line (`clipforge overlap`'s exclude.txt; "
+                        "counted as excluded; demo: data/demo/overlap/exclude.txt when it exists)")
     l.add_argument("--learn-bpe-only", action="store_true",
                    help="learn the vocabulary from the shards' captions, write OUT/bpe.txt.gz and exit (one process; "
                         "run it before a multi-node run, which then reads the file)")
@@ -234,6 +237,9 @@ def _add_eval(sub):
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval, or ./eval)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
     p.add_argument("--workers", type=int, default=2, help="image loading processes (default: 2)")
+    p.add_argument("--overlap", default=None, metavar="DIR",
+                   help="a `clipforge overlap` directory: also report each ImageFolder set without its images "
+                        "that have a copy in the training data (the clean split; demo: data/demo/overlap)")
     p.set_defaults(func=stages.evaluate, parser=p)
 
 

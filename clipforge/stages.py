@@ -252,7 +252,9 @@ def train_config(a):
         precision=a.precision, grad_checkpointing=a.grad_checkpointing, compile=a.compile, quick_gelu=not a.gelu,
         resume=a.resume, init_from=a.init_from, bpe=a.bpe, vocab_size=a.vocab_size,
         save_every=pick(a.save_every, "save_every"), keep=a.keep, log_every=pick(a.log_every, "log_every"),
-        eval_every=a.eval_every, eval_data=eval_data, tensorboard=not a.no_tensorboard, dist_timeout=a.dist_timeout)
+        eval_every=a.eval_every, eval_data=eval_data, tensorboard=not a.no_tensorboard, dist_timeout=a.dist_timeout,
+        exclude=a.exclude or (str(chain.DEMO_OVERLAP / "exclude.txt")
+                              if demo and (chain.DEMO_OVERLAP / "exclude.txt").exists() else None))
     if cfg.batch_size % cfg.accum_steps:
         raise UserError(f"--batch-size {cfg.batch_size} does not split into --accum-steps {cfg.accum_steps} micro-batches")
     if a.eval_every and not cfg.eval_data:
@@ -301,7 +303,9 @@ def eval_config(a):
         raise UserError("--batch-size must be positive and --workers not negative")
     return EvalConfig(checkpoint=str(chain.DEMO_RUN) if demo else a.checkpoint, imagefolder=list(folders),
                       wds=list(a.wds), retrieval=list(a.retrieval), classnames=a.classnames, templates=a.templates,
-                      bpe=a.bpe, out=a.out, batch_size=a.batch_size, workers=a.workers)
+                      bpe=a.bpe, out=a.out, batch_size=a.batch_size, workers=a.workers,
+                      overlap=a.overlap or (str(chain.DEMO_OVERLAP)
+                                            if demo and (chain.DEMO_OVERLAP / "overlap.json").exists() else None))
 
 
 def evaluate(a):

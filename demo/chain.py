@@ -197,6 +197,10 @@ def run_chain(world=DEFAULT_WORLD, seed=0, size=4000, fresh=False, epochs=None):
     for name, r in results.items():
         print(f"zero-shot {name}: top-1 {100 * r['top1']:.1f}% on {r['samples']} held-out images "
               f"({r['classes']} classes, chance {100 * r['chance_top1']:.1f}%, {r['top1'] / r['chance_top1']:.1f}x chance)")
+        if r.get("clean", {}).get("samples"):
+            c = r["clean"]
+            print(f"zero-shot {name}, clean: top-1 {100 * c['top1']:.1f}% on the {c['samples']} held-out images "
+                  f"without a copy in the shards ({c['overlapping']} had one; the run trained without those copies)")
     return 0
 
 

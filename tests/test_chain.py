@@ -54,6 +54,15 @@ def test_the_planted_overlap_is_found_and_reported(chain):
     assert f"{len(stored)} reached the shards" in proc.stdout
     report = json.loads((cwd / "data/demo/reports/stats.json").read_text())
     assert report["overlap"]["excluded_keys"] == len(excluded)
+    # the run trained without them: every epoch counts the copies it read as excluded, none trained on
+    train = json.loads((cwd / "data/demo/runs/tiny/train_stats.json").read_text())
+    for record in train["epochs"]:
+        assert 0 < record["skipped"].get("excluded", 0) <= len(excluded), record
+    # and the evaluation reports the clean split beside the full sets
+    results = json.loads((cwd / "data/demo/runs/tiny/eval/eval.json").read_text())["results"]
+    for r in results.values():
+        assert r["clean"]["overlapping"] > 0 and r["clean"]["samples"] + r["clean"]["overlapping"] == r["samples"]
+    assert "clean: top-1" in proc.stdout
 
 
 def test_funnels_add_up_at_every_stage(chain):

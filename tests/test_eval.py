@@ -230,3 +230,29 @@ def test_eval_and_score_cli(checkpoint, folder, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clipforge", "eval", "--checkpoint", str(tmp_path / "none.pt"),
                            "--imagefolder", str(root)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "no such checkpoint" in proc.stderr
+
+
+def test_clean_split_leaves_out_the_images_with_a_copy(folder, tokenizer, tmp_path):
+    """CLIP's clean split: accuracy over the images without a copy in the training data, exactly,
+    across batch boundaries; and through `clipforge eval --overlap` from an overlap.json."""
+    root, _ = folder
+    model = KnownAnswerCLIP(tokenizer)
+    copies = {"red/0.png", "green/2.png", "blue/1.png"}  # two wrong answers and one right one
+    r = evaluate_imagefolder(model, tokenizer, root, workers=0, batch_size=7, overlapping=copies)
+    assert r["top1"] == pytest.approx(27 / 30)  # the full set is unchanged
+    assert r["clean"]["samples"] == 27 and r["clean"]["overlapping"] == 3
+    assert r["clean"]["top1"] == pytest.approx(26 / 27)  # red/1 (shown blue) is the one wrong answer left
+    assert "clean" not in evaluate_imagefolder(model, tokenizer, root, workers=0)
+
+    from clipforge.trainer.evaluate import overlapping_images
+    (tmp_path / "ov").mkdir()
+    (tmp_path / "ov" / "overlap.json").write_text(json.dumps({"sets": {str(root): {"pairs": [
+        {"eval": name, "key": f"{i:012d}", "distance": 1, "similarity": 0.99} for i, name in enumerate(sorted(copies))]}}}))
+    assert overlapping_images(tmp_path / "ov") == {root.resolve(): copies}
+    from clipforge.errors import InputError, MissingInput
+    with pytest.raises(MissingInput):
+        overlapping_images(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "overlap.json").write_text("[1, 2]")
+    with pytest.raises(InputError):
+        overlapping_images(tmp_path / "bad")

@@ -465,3 +465,26 @@ def test_resume_drops_a_metrics_line_cut_short_by_the_crash(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
     run._truncate_metrics(2)
     assert (tmp_path / "metrics.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"
+
+
+def test_excluded_keys_are_never_trained_on_and_are_counted(shards, tokenizer, tmp_path):
+    """`train --exclude`: the keys of an exclude file (clipforge overlap's) are skipped before
+    decoding and counted as excluded; every other sample is trained on or counted as before."""
+    base = DataConfig(expand_shards(str(shards)), batch_size=8, image_size=32, seed=5, workers=2, shuffle_buffer=20)
+    everything = _keys(base, tokenizer)
+    out = set(everything[::7])
+    cfg = DataConfig(base.shards, 8, 32, 5, workers=2, shuffle_buffer=20, exclude=frozenset(out))
+    skipped, keys = Counter(), []
+    for item in make_loader(cfg, tokenizer, 0):
+        skipped.update(item["skipped"])
+        keys += item["keys"] if item["images"] is not None else []
+    assert not set(keys) & out and skipped["excluded"] == len(out)
+    assert len(keys) + sum(skipped.values()) == 4 * 96  # every sample trained on, excluded or in a tail
+    # the command line reads the file; a key that is not one is a one-line error
+    (tmp_path / "exclude.txt").write_text("# from clipforge overlap\n" + "".join(f"{k}\n" for k in sorted(out)))
+    from clipforge.trainer.train import excluded_keys
+    assert excluded_keys(str(tmp_path / "exclude.txt")) == out
+    (tmp_path / "bad.txt").write_text("000000000001\nnot-a-key\n")
+    proc = _run_train(["--train-data", str(shards), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps", "1",
+                       "--exclude", str(tmp_path / "bad.txt")], check=False)
+    assert proc.returncode == 1 and "not-a-key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -233,6 +233,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     augment: bool = True
     max_consecutive_bad: int = 10000  # a stream that finds no usable sample in this many stops with an error
+    exclude: frozenset = frozenset()  # sample keys never trained on (clipforge overlap's exclude.txt)
 
 
 @dataclass
@@ -444,6 +445,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             position += 1
             if position <= skip:
                 continue   # a checkpoint without the shuffle's state: re-read up to the cursor, not decoded
+            if cfg.exclude and sample.get("__key__") in cfg.exclude:
+                skipped["excluded"] += 1   # e.g. a copy of an evaluation image: not decoded, not trained on
+                continue
             reason, image = None, None
             data, text = sample_image(sample), sample_text(sample)
             if data is None:

@@ -19,6 +19,7 @@ class EvalConfig:
     out: str = None                                  # output directory (default: RUN_DIR/eval, or ./eval)
     batch_size: int = 256
     workers: int = 2
+    overlap: str = None                              # a `clipforge overlap` directory: also each set's clean split
 
 
 def device():
@@ -37,6 +38,23 @@ def output_dir(out, ckpt, name):
         raise UserError(f"--out {d} is a file: --out is a directory, which gets {name}; "
                         f"give another path{older}")
     return d
+
+
+def overlapping_images(overlap_dir):
+    """{evaluation set directory (resolved): {CLASS/FILE of its images with a copy in the shards}}
+    from a `clipforge overlap` directory."""
+    import json
+
+    from clipforge.errors import InputError, MissingInput
+
+    path = Path(overlap_dir) / "overlap.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        return {Path(name).resolve(): {p["eval"] for p in v["pairs"]} for name, v in report["sets"].items()}
+    except FileNotFoundError:
+        raise MissingInput(f"--overlap {overlap_dir}: no overlap.json (write one with `clipforge overlap`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not an overlap report ({e})") from None
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -63,8 +81,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         return n
 
     kw = dict(device=dev, batch_size=cfg.batch_size, workers=cfg.workers)
+    copies = overlapping_images(cfg.overlap) if cfg.overlap else None
     for folder in cfg.imagefolder:
-        results[name_of(folder)] = evaluate_imagefolder(model, tokenizer, folder, cfg.classnames, templates, **kw)
+        found = None if copies is None else copies.get(Path(folder).resolve(), set())
+        results[name_of(folder)] = evaluate_imagefolder(model, tokenizer, folder, cfg.classnames, templates, **kw,
+                                                        overlapping=found)
     for shards in cfg.wds:
         results[name_of(shards)] = evaluate_wds(model, tokenizer, shards, cfg.classnames, templates, **kw)
     for shards in cfg.retrieval:

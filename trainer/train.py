@@ -77,6 +77,16 @@ class TrainConfig:
     tensorboard: bool = True
     loader_timeout: float = 600.0
     dist_timeout: float = 60.0       # minutes a collective may wait for the other ranks (NCCL's default: 10)
+    exclude: str | None = None       # a file of shard sample keys not to train on (clipforge overlap's exclude.txt)
+
+
+def excluded_keys(path):
+    """The sample keys of an exclude file (one per line), or none without one."""
+    if not path:
+        return frozenset()
+    from clipforge.trainer.overlap import read_exclude
+
+    return frozenset(read_exclude(path))
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -346,7 +356,7 @@ class Run:
         if workers is None:     # rank 0's count on every rank: the slots of the epoch depend on it
             workers = _broadcast(resumed["data"]["ranks"][0]["workers"] if resumed is not None else default_workers())
         data_cfg = DataConfig(urls, cfg.batch_size, raw.image_size, cfg.seed, workers, cfg.resampled,
-                              cfg.shuffle_buffer, cfg.augment)
+                              cfg.shuffle_buffer, cfg.augment, exclude=excluded_keys(cfg.exclude))
         step, epoch, in_epoch, state = 0, 0, 0, None
         skipped: Counter = Counter()
         counts, epochs = _EpochCounts(), []

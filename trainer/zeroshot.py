@@ -147,11 +147,17 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5,
 
 # --- tasks --------------------------------------------------------------------------------------
 
-def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATES, device="cpu") -> dict:
-    """`batches` yields (uint8 images, int labels); returns the metrics of classification_metrics."""
+def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATES, device="cpu",
+                       overlapping=None) -> dict:
+    """`batches` yields (uint8 images, int labels), or (images, labels, overlap flags) when
+    ``overlapping`` is true; returns the metrics of classification_metrics, and then also, under
+    "clean", the metrics of the images without a copy in the training data (CLIP's clean split)."""
     classes = class_embeddings(model, tokenizer, classnames, templates, device)
-    logits, labels = [], []
-    for images, y in batches:
+    logits, labels, flags = [], [], []
+    for batch in batches:
+        images, y = batch[0], batch[1]
+        if overlapping:
+            flags.append(torch.as_tensor(batch[2], dtype=torch.bool))
         logits.append(image_embeddings(model, images, device) @ classes.T)
         labels.append(torch.as_tensor(y))
     if not logits:
@@ -159,25 +165,37 @@ def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATE
     top = int(torch.cat(labels).max())
     if top >= len(classnames) or int(torch.cat(labels).min()) < 0:
         raise InputError(f"the evaluation set has label {top}, but there are {len(classnames)} class names")
-    result = classification_metrics(torch.cat(logits).cpu(), torch.cat(labels).long(), classnames)
+    all_logits, all_labels = torch.cat(logits).cpu(), torch.cat(labels).long()
+    result = classification_metrics(all_logits, all_labels, classnames)
     result["templates"] = len(templates)
+    if overlapping:
+        dirty = torch.cat(flags)
+        clean = {k: v for k, v in classification_metrics(all_logits[~dirty], all_labels[~dirty], classnames).items()
+                 if k in ("top1", "top5", "mean_per_class_recall", "samples")} if (~dirty).any() else {"samples": 0}
+        result["clean"] = {**clean, "overlapping": int(dirty.sum())}
     return result
 
 
 def evaluate_imagefolder(model, tokenizer, root, classnames_file=None, templates=TEMPLATES, device="cpu",
-                         batch_size=256, workers=2) -> dict:
+                         batch_size=256, workers=2, overlapping=None) -> dict:
+    """Zero-shot classification of an ImageFolder tree; with ``overlapping`` (the set's images,
+    as CLASS/FILE, that have a copy in the training data), also the clean split."""
     from clipforge.trainer.evalsets import folder_batches, image_folder
 
     files, labels, names = image_folder(root, classnames_file)
     unreadable = Counter()
+    flags = torch.tensor([str(Path(f).relative_to(root)) in overlapping for f in files]) if overlapping is not None \
+        else None
 
     def batches():
+        start = 0
         for images, y, ok in folder_batches(files, labels, model.image_size, batch_size, workers):
             unreadable["image_undecodable"] += int((~ok).sum())
             if ok.any():
-                yield images[ok], y[ok]
+                yield (images[ok], y[ok]) if flags is None else (images[ok], y[ok], flags[start:start + len(ok)][ok])
+            start += len(ok)
 
-    result = zero_shot_classify(model, tokenizer, batches(), names, templates, device)
+    result = zero_shot_classify(model, tokenizer, batches(), names, templates, device, overlapping=flags is not None)
     result["skipped"] = {k: v for k, v in unreadable.items() if v}
     return result
 
@@ -312,6 +330,11 @@ def table(results: dict) -> str:
             rows.append((name, f"top-1 {100 * r['top1']:.1f}%", f"top-5 {100 * r['top5']:.1f}%",
                          f"mean recall {100 * r['mean_per_class_recall']:.1f}%",
                          f"chance {100 * r['chance_top1']:.1f}%", f"{r['samples']} images"))
+            if "clean" in r and r["clean"]["samples"]:
+                c = r["clean"]
+                rows.append((f"{name} (clean)", f"top-1 {100 * c['top1']:.1f}%", f"top-5 {100 * c['top5']:.1f}%",
+                             f"mean recall {100 * c['mean_per_class_recall']:.1f}%",
+                             f"{c['overlapping']} with a copy left out", f"{c['samples']} images"))
         else:
             rows.append((name, f"image->text R@1/5/10 {_r(r, 'image_to_text')}",
                          f"text->image R@1/5/10 {_r(r, 'text_to_image')}", f"{r['pairs']} pairs"))
