@@ -118,3 +118,11 @@ def test_without_the_flag_near_copies_stay(site, tmp_path):
     assert distance(a, b) <= 8  # they were near, and nothing asked for them to go
     arr = np.asarray(img.resize((64, 64)))
     assert distance(phash(arr), a) <= 8
+
+
+def test_the_flag_alone_takes_the_measured_default():
+    from clipforge.cli import build_parser
+    parse = build_parser().parse_args
+    assert parse(["shard"]).near_dup_distance is None
+    assert parse(["shard", "--near-dup-distance"]).near_dup_distance == 8
+    assert parse(["shard", "--near-dup-distance", "5"]).near_dup_distance == 5
