@@ -88,7 +88,8 @@ With no arguments: the demo's shards against the demo world's held-out sets.""",
 The demo web: a generated, deterministic world of pages, images, WARC/WAT
 files, a URL list, a Wikipedia-format dump, pageviews and a WordNet lexicon,
 served on 127.0.0.1. With no action, run the whole chain on it: world, query
-list, crawl, shard, stats, train (tiny model), zero-shot eval; about 6 minutes on
+list, crawl, shard, overlap with the held-out sets, stats, train (tiny model,
+without the held-out images the web republished), zero-shot eval; about 6 minutes on
 two cores the first time, finished stages are reused afterwards.""",
     'demo generate': """\
 Write a demo world. The same seed, size and port give the same bytes.""",

@@ -9,6 +9,7 @@
 Modules: ``spill`` (hash-partitioned files between passes), ``progress`` (progress lines from
 workers' notes), ``readers``, ``captions``, ``langid``, ``matching``, ``textfilter`` (the
 crawl's text stage on batches), ``balance``, ``crawl`` + ``crawl_stage`` (the crawl),
-``fetch``, ``images``, ``shard`` + ``shard_stage`` (the shard stage),
+``fetch`` (libcurl transfers behind the SSRF guard), ``images``, ``shard`` + ``shard_stage``
+(the shard stage),
 ``img2dataset_downloader``.
 """

@@ -3,6 +3,8 @@
 - ``records``  pyarrow schemas: QUERY, CANDIDATE_PAIR, CURATED_PAIR, SHARD_SAMPLE, SHARD_INDEX
 - ``files``    the JSON files: MetaCLIP's ``metadata.json``, ``sizes.json``, ``*_stats.json``
 - ``pairs``    what identifies a pair: ``uid`` (normalised URL + text), shared by crawl and shard
+- ``phash``    the shard index's perceptual hash and the multi-index Hamming search over it
+- ``tars``     the WebDataset tar writer (standard library; no torch import)
 - ``validate`` checks that every stage and test use; they raise ``SchemaError`` with a
   one-line message that names the file, the row and the field
 

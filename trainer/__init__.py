@@ -10,4 +10,5 @@ evalsets.py    ImageFolder trees, labelled shards, parquet pairs for evaluation
 zeroshot.py    zero-shot classification, retrieval and CLIP score
 evaluate.py    `clipforge eval`: a checkpoint on its evaluation sets, results written out
 score.py       `clipforge score`: CLIP score of pairs, a parquet and its quantiles
+overlap.py     `clipforge overlap`: evaluation images the shards also hold, exclude list, picture
 """
