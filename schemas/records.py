@@ -31,8 +31,11 @@ QUERY = pa.schema(
         _f("source", pa.string(), checks=("query_source",), doc="which source admitted it first"),
         _f("count", pa.int64(), nullable=True, doc="corpus count (unigram, bigram) or summed page views (title)"),
         _f("pmi", pa.float64(), nullable=True, doc="bigram PMI, log2(N*c(ab)/(c(a)c(b))); null for other sources"),
+        _f("lang", pa.string(), nullable=True, optional=True,
+           doc="the list's language (schemas.languages.metadata_lang: a Wikipedia code); null: a one-language "
+               "list of earlier versions, read as English"),
     ],
-    metadata={"contract": "query", "version": "1"},
+    metadata={"contract": "query", "version": "2"},
 )
 
 # What the crawl readers emit, before any filter: one row per <img> link or URL-list row.
