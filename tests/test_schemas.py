@@ -117,7 +117,8 @@ def test_conform_drops_extras_and_casts(tmp_path):
     t = pa.table({"query": pa.array(["red"], pa.large_string()), "source": ["unigram"],
                   "count": pa.array([5], pa.int32()), "pmi": pa.array([None], pa.null()), "extra": [1]})
     out = conform(t, QUERY)
-    assert out.schema == QUERY and out.column_names == ["query", "source", "count", "pmi"]
+    assert out.schema == QUERY and out.column_names == ["query", "source", "count", "pmi", "lang"]
+    assert out.column("lang").null_count == 1  # an optional column a v1 table lacks reads as nulls
     pq.write_table(out, tmp_path / "q.parquet")
     assert validate_parquet(tmp_path / "q.parquet", QUERY) == 1
 
