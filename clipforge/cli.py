@@ -37,26 +37,47 @@ def _add_queries(sub):
         formatter_class=_formatter, description=HELP['queries'],
         epilog=BEAM_HELP)
     g = p.add_argument_group("inputs (any combination; files, globs or fsspec/Beam URLs)")
-    g.add_argument("--wiki", nargs="+", action="extend", default=[], metavar="DUMP",
-                   help="MediaWiki XML dumps (.xml, .xml.bz2, .xml.gz)")
-    g.add_argument("--text", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="plain-text corpora, one document per line (.gz/.bz2 read transparently)")
+    g.add_argument("--wiki", nargs="+", action="extend", default=[], metavar="[LANG=]DUMP",
+                   help="MediaWiki XML dumps (.xml, .xml.bz2, .xml.gz); language from the dump's <dbname> "
+                        "(dewiki: de), else its xml:lang")
+    g.add_argument("--text", nargs="+", action="extend", default=[], metavar="[LANG=]FILE",
+                   help="plain-text corpora, one document per line (.gz/.bz2 read transparently); "
+                        "de=FILE for German, a plain FILE is --default-lang")
     g.add_argument("--pageviews", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="Wikimedia hourly pageview files (domain title views bytes; gz or plain)")
+                   help="Wikimedia hourly pageview files (domain title views bytes; gz or plain); "
+                        "each line's language from its project code (de, de.m: German Wikipedia)")
     g.add_argument("--wordnet", nargs="+", action="extend", default=[], metavar="SRC",
-                   help="Open English WordNet YAML, WN-LMF XML(.gz), or 'nltk'")
-    g.add_argument("--metadata", nargs="+", action="extend", default=[], metavar="JSON",
-                   help="existing MetaCLIP metadata.json lists to import and extend (kept first)")
+                   help="Open English WordNet YAML (en), WN-LMF XML(.gz) (each lexicon's language), or 'nltk' (en)")
+    g.add_argument("--metadata", nargs="+", action="extend", default=[], metavar="[LANG=]JSON",
+                   help="existing MetaCLIP metadata.json lists to import and extend (kept first); a folder "
+                        "of {lang}.json lists (MetaCLIP 2's layout), LANG=FILE, or a plain FILE (--default-lang)")
     p.add_argument("--out", default=None, help="output directory (default: data/queries, or data/demo/queries)")
+    lg = p.add_argument_group("languages")
+    lg.add_argument("--langs", default="en",
+                    help="languages to build, comma-separated Wikipedia codes (de,fr,ja), or 'all': every "
+                         "language of a --wiki/--text/--wordnet/--metadata input; inputs and pageview lines "
+                         "of other languages are skipped and counted (default: %(default)s)")
+    lg.add_argument("--default-lang", default=None,
+                    help="the language of inputs that name none (default: the one --langs language, else en)")
     t = p.add_argument_group("thresholds")
-    t.add_argument("--min-count", type=int, default=100, help="minimum word count (default: %(default)s)")
+    t.add_argument("--rules", choices=("clip", "metaclip1", "metaclip2"), default="clip",
+                   help="clip: the thresholds below; metaclip1: the same, bigrams with no minimum count; "
+                        "metaclip2: per language, unigrams top 10%% by count (at most 251,465), bigrams with "
+                        "PMI above --min-pmi top by PMI (40%% of the kept unigrams, at most 100,646), titles "
+                        "top 76%% by views (at most 61,235), WordNet all (default: %(default)s)")
+    t.add_argument("--min-count", type=int, default=100, help="minimum word count, clip and metaclip1 "
+                   "(default: %(default)s)")
     t.add_argument("--min-bigram-count", type=int, default=None,
-                   help="minimum bigram count before PMI (default: --min-count)")
+                   help="minimum bigram count before PMI (default: clip: --min-count, which on a Wikipedia-"
+                        "sized corpus leaves no bigram with PMI >= 30; metaclip1/2: none)")
     t.add_argument("--min-pmi", type=float, default=None, help=f"minimum bigram PMI, log base 2 {default_help('min_pmi')}")
-    t.add_argument("--min-views", type=int, default=70, help="minimum summed page views of a title (default: %(default)s)")
-    t.add_argument("--max-entries", type=int, default=500_000, help="cap on the list, 0 for none (default: %(default)s)")
-    t.add_argument("--pageview-domains", default="en,en.m",
-                   help="pageview domain codes counted, comma-separated (default: %(default)s)")
+    t.add_argument("--min-views", type=int, default=70, help="minimum summed page views of a title, clip and "
+                   "metaclip1 (default: %(default)s)")
+    t.add_argument("--max-entries", type=int, default=None,
+                   help="cap on each language's list, 0 for none (default: 500,000; metaclip2: none)")
+    t.add_argument("--pageview-domains", default="",
+                   help="count only these pageview domain codes, comma-separated (default: every "
+                        "Wikipedia project code of the languages built, desktop and mobile)")
     from clipforge import limits
 
     t.add_argument("--max-page-chars", type=int, default=limits.MAX_WIKI_PAGE_CHARS,
@@ -74,11 +95,18 @@ def _add_crawl(sub):
     p.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
                    help="WARC (.warc.gz), WAT (.wat.gz) or URL lists (.parquet/.csv/.tsv/.jsonl); globs allowed")
     p.add_argument("--queries", default=None,
-                   help="a queries directory, queries.parquet or metadata.json (default: the demo's)")
+                   help="a queries directory, queries.parquet or metadata.json; with --worldwide also a folder "
+                        "of {lang}.json lists (default: the demo's)")
     p.add_argument("--out", default=None, help="output directory (default: data/pairs, or data/demo/pairs)")
     p.add_argument("--max-per-query", type=int, default=None,
                    help=f"balancing threshold t: pairs kept per query, about {default_help('max_per_query')}")
-    p.add_argument("--lang", default="en", help="languages to keep, comma-separated, or 'all' (default: %(default)s)")
+    p.add_argument("--lang", default=None,
+                   help="languages to keep, comma-separated, or 'all' (default: en; with --worldwide: all)")
+    p.add_argument("--worldwide", action="store_true",
+                   help="MetaCLIP 2's worldwide curation: each text is matched against the list of its own "
+                        "language (lid.176, mapped to Wikipedia codes) and each language is balanced with its own "
+                        "t, the one that keeps English's tail share at --max-per-query; --queries is a queries "
+                        "directory with a lang column or a folder of {lang}.json lists")
     p.add_argument("--min-lang-score", type=float, default=0.0, help="minimum fastText probability (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw (default: %(default)s)")
     _column_flags(p, "URL-list column")

@@ -32,12 +32,16 @@ def queries_config(a):
                       metadata=[])
     thresholds = dict(min_count=a.min_count, min_bigram_count=a.min_bigram_count, min_pmi=a.min_pmi,
                       min_views=a.min_views, max_entries=a.max_entries)
-    for name in ("min_count", "min_views", "max_entries"):
-        if thresholds[name] < 0:
+    for name in ("min_count", "min_views", "max_entries", "min_bigram_count"):
+        if thresholds[name] is not None and thresholds[name] < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    langs = getattr(a, "langs", "en") or "en"
+    langs = "all" if langs.strip() == "all" else tuple(x.strip() for x in langs.split(",") if x.strip())
+    default_lang = getattr(a, "default_lang", None) or (langs[0] if langs != "all" and len(langs) == 1 else "en")
     return QueriesConfig(**inputs, out=a.out or str(chain.DEMO_QUERIES if demo else "data/queries"), **thresholds,
-                         pageview_domains=tuple(d for d in a.pageview_domains.split(",") if d),
-                         max_page_chars=a.max_page_chars, max_page_markup=a.max_page_markup)
+                         pageview_domains=tuple(d for d in (a.pageview_domains or "").split(",") if d),
+                         max_page_chars=a.max_page_chars, max_page_markup=a.max_page_markup,
+                         rules=getattr(a, "rules", "clip"), langs=langs, default_lang=default_lang)
 
 
 def queries(a, beam_flags):
@@ -58,9 +62,13 @@ def run_queries(cfg, beam_flags=()):
         print("queries: wiki pages skipped: " + ", ".join(f"{k} {v:,}" for k, v in skipped.items() if v),
               file=sys.stderr)
     src = stats["extra"]["sources"]
-    print(f"queries: {stats['kept']:,} entries -> {cfg.out}/queries.parquet, metadata.json ("
+    langs = stats["extra"].get("languages", {})
+    files = "metadata.json, metadata/" if len(stats["extra"].get("langs", [])) == 1 else "metadata/"
+    print(f"queries: {stats['kept']:,} entries -> {cfg.out}/queries.parquet, {files}{{lang}}.json ("
           + ", ".join(f"{s} {v['kept']:,}" for s, v in src.items() if v["candidates"])
-          + f"); {stats['input']:,} candidates, {time.time() - t:.1f} s")
+          + f"); {stats['input']:,} candidates, {time.time() - t:.1f} s; rules {cfg.rules}")
+    if len(langs) > 1:
+        print("queries: per language: " + ", ".join(f"{k} {v['kept']:,}" for k, v in langs.items()))
     corpus = stats["extra"]["corpus"]
     if corpus["wiki_files_broken"]:
         print(f"queries: warning: {corpus['wiki_files_broken']} dump file(s) broke off; "
@@ -98,7 +106,7 @@ def crawl_config(a):
     from clipforge import limits
     from clipforge.pipeline.captions import RAW_FACTOR
     from clipforge.pipeline.crawl import CrawlConfig
-    from clipforge.pipeline.crawl_stage import expand_inputs, load_queries
+    from clipforge.pipeline.crawl_stage import expand_inputs, load_queries, load_query_lists
 
     demo = not a.input
     a = chain.pick_defaults(a, demo)
@@ -115,9 +123,19 @@ def crawl_config(a):
                         f"(texts are read up to {limits.MAX_RAW_TEXT_CHARS:,} characters)")
     if a.max_page_bytes is not None and not 4096 <= a.max_page_bytes <= limits.MAX_WARC_MEMBER_BYTES // 2:
         raise UserError(f"--max-page-bytes must be between 4096 and {limits.MAX_WARC_MEMBER_BYTES // 2:,}")
-    langs = () if a.lang.strip().lower() == "all" else tuple(x.strip() for x in a.lang.split(",") if x.strip())
+    worldwide = getattr(a, "worldwide", False)
+    lang = a.lang if a.lang is not None else ("all" if worldwide else "en")
+    langs = () if lang.strip().lower() == "all" else tuple(x.strip() for x in lang.split(",") if x.strip())
+    if worldwide:
+        from clipforge.schemas.languages import metadata_lang
+
+        bad = [x for x in langs if metadata_lang(x, "wiki") is None]
+        if bad:
+            raise UserError(f"--lang {','.join(bad)}: not a language code")
+        langs = tuple(metadata_lang(x, "wiki") for x in langs)
     cols = columns(a)
-    return CrawlConfig(inputs=expand_inputs(inputs), queries=load_queries(queries_path),
+    lists = {"lang_queries": load_query_lists(queries_path)} if worldwide else {"queries": load_queries(queries_path)}
+    return CrawlConfig(inputs=expand_inputs(inputs), **lists,
                        out=a.out or str(chain.DEMO_PAIRS if demo else "data/pairs"),
                        max_per_query=a.max_per_query, langs=langs, min_lang_score=a.min_lang_score, seed=a.seed,
                        **cols, min_text_chars=a.min_text_chars, max_text_chars=a.max_text_chars,

@@ -8,6 +8,22 @@ where count(q) is the number of (deduplicated) pairs matching q and t the per-qu
 a pair of a tail query (count <= t) is always kept, a pair whose only query is a head query
 is kept with probability t / count. The draw is a hash of the seed and the uid, so the same
 input gives the same output on any runner and any number of workers.
+
+Worldwide (MetaCLIP 2), each language has its own t. English's t (the ``--max-per-query``
+given, CLIP's 20,000, MetaCLIP 2's 170,000 at its scale) fixes the *tail share*
+
+    p = sum of c(q) over English queries with c(q) < t_en  /  sum of c(q) over English queries
+
+(the fraction of English matches that belong to tail queries), and each other language gets
+the t at which its own tail share is nearest p:
+
+    t_lang = argmin over t in T of | tail_share_lang(t) - p |,   T = the language's distinct
+             counts and (largest count + 1); ties go to the larger t (more pairs kept).
+
+tail_share only changes at a count, so T holds every value worth trying; ``language_threshold``
+finds it with one sort and a cumulative sum. MetaCLIP 2's ``p_to_t`` takes the count whose
+inclusive cumulative share is nearest p; this uses the strict ``<`` of the definition of p on
+both sides, so a language whose counts equal English's gets t_en's tail share exactly.
 """
 
 import hashlib
@@ -47,13 +63,60 @@ def first_per_uid(table, format_order):
     return keyed.drop_columns(["_format", "_page"]).append_column("_first", pa.array(first))
 
 
+def tail_share(counts, t):
+    """The fraction of all matches that belong to queries matched fewer than ``t`` times
+    (queries without a match count for nothing); 1.0 when there are no matches."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return float(counts[counts < t].sum() / total) if total > 0 else 1.0
+
+
+def language_threshold(counts, p):
+    """The t whose tail share of ``counts`` is nearest ``p`` (see the module's docstring);
+    None when the language has no match."""
+    import numpy as np
+
+    c = np.sort(np.asarray(counts, dtype=np.int64)[np.asarray(counts) > 0])
+    if not len(c):
+        return None
+    candidates, first = np.unique(c, return_index=True)  # t = candidates[k]: the tail is c[:first[k]]
+    cum = np.concatenate(([0], np.cumsum(c, dtype=np.float64)))
+    shares = np.append(cum[first], cum[-1]) / cum[-1]
+    ts = np.append(candidates, c[-1] + 1)
+    gap = np.abs(shares - p)
+    best = np.flatnonzero(gap <= gap.min() + 1e-12)[-1]  # the larger t on a tie
+    return int(ts[best])
+
+
+def language_thresholds(counts, langs, t_en, reference="en"):
+    """{language: t} for a worldwide list: ``counts`` the match count of every query id,
+    ``langs`` the language of every id (an array of codes). The reference language gets
+    ``t_en``; every other language the t of the same tail share. Returns (thresholds, p);
+    without a reference-language match every language gets ``t_en`` (p None)."""
+    import numpy as np
+
+    counts, langs = np.asarray(counts), np.asarray(langs)
+    present = sorted(set(langs[counts > 0].tolist()))
+    ref = counts[langs == reference]
+    if reference not in present:
+        return {lang: int(t_en) for lang in present}, None
+    p = tail_share(ref, t_en)
+    return {lang: int(t_en) if lang == reference else language_threshold(counts[langs == lang], p)
+            for lang in present}, p
+
+
 def keep_probabilities(offsets, ids, counts, t):
     """``keep_probability`` for every pair of a batch at once: pair i matched the query ids
-    ``ids[offsets[i]:offsets[i+1]]`` (at least one); ``counts`` is indexed by query id."""
+    ``ids[offsets[i]:offsets[i+1]]`` (at least one); ``counts`` is indexed by query id, and so
+    is ``t`` when it is an array (a threshold per query: worldwide balancing)."""
     import numpy as np
 
     if len(offsets) <= 1:
         return np.zeros(0)
+    if np.ndim(t):
+        t = t[ids]
     factor = 1.0 - np.minimum(1.0, t / counts[ids])
     return 1.0 - np.multiply.reduceat(factor, offsets[:-1])
 

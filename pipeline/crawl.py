@@ -14,8 +14,15 @@ step holds more than one work item's batch or one partition's pairs, on any runn
 
 Every candidate ends in exactly one bucket of ``crawl_stats.json``: kept, or one of
 ``unreadable_record``, ``field_too_large``, ``bad_url_scheme``, ``invalid_url``, the caption reasons of
-``captions.judge``, ``lang_not_wanted``, ``no_query_match``, ``duplicate``, ``balanced_out``.
-The counts travel as data (small dictionaries summed at the end), not as runner metrics.
+``captions.judge``, ``lang_not_wanted``, ``lang_without_list``, ``no_query_match``, ``duplicate``,
+``balanced_out``. The counts travel as data (small dictionaries summed at the end), not as
+runner metrics.
+
+Worldwide (``CrawlConfig.lang_queries``, MetaCLIP 2): each text is matched against the list of
+its own language (``textfilter``), query ids run over every language's list, and balancing gives
+each language its own t from English's tail share (``balance.language_thresholds``), computed
+where the match counts are summed and written beside them (``t.npy``); ``crawl_stats.json``'s
+``extra.languages`` has each language's funnel (identified, matched, deduplicated, kept) and t.
 
 With every language wanted (``--lang all``, no minimum score) the language decides nothing
 before balancing, so lid.176 runs in Balance on the kept pairs only (each distinct text once)
@@ -44,6 +51,8 @@ from clipforge import limits
 from clipforge.beam import FinishWithStats
 from clipforge.pipeline import balance, captions, progress, readers, spill
 from clipforge.pipeline.langid import LanguageID
+from clipforge.pipeline.matching import WorldMatcher
+from clipforge.schemas.languages import metadata_lang
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table
@@ -51,7 +60,8 @@ from clipforge.schemas.validate import validate_table
 QUERY_COUNTS = pa.schema([pa.field("query", pa.string(), nullable=False),
                           pa.field("matches", pa.int64(), nullable=False),
                           pa.field("kept", pa.int64(), nullable=False),
-                          pa.field("single_query_keep_prob", pa.float64(), nullable=False)])
+                          pa.field("single_query_keep_prob", pa.float64(), nullable=False),
+                          pa.field("lang", pa.string(), nullable=True)])  # the query's list (worldwide)
 
 # The matched pairs between passes: CURATED_PAIR without keep_prob, queries as ids.
 MATCHED = pa.schema([pa.field("uid", pa.string()), pa.field("url", pa.string()), pa.field("text", pa.string()),
@@ -67,6 +77,7 @@ FLUSH_ROWS = 200_000  # matched pairs a work item holds before spilling them
 class CrawlConfig:
     inputs: list = field(default_factory=list)  # (path, format, part) work items, see crawl_stage.expand_inputs
     queries: list = field(default_factory=list)  # the query strings
+    lang_queries: dict = None  # worldwide: {metadata language: query strings} (``queries`` unused)
     out: str = "data/pairs"
     max_per_query: int = 20_000
     langs: tuple = ("en",)  # empty: keep every language
@@ -111,7 +122,32 @@ def _language_id():
 def text_filter_args(cfg):
     """TextFilter's arguments for a crawl: with every language wanted, lid.176 runs after
     balancing, on the kept pairs only (``Balance``); before, it would decide nothing."""
-    return (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars, 200_000, True)
+    return (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars, 200_000, True,
+            cfg.lang_queries)
+
+
+def query_table(cfg):
+    """(names, languages): the query of every id and its language (None for a one-list crawl)."""
+    if cfg.lang_queries is None:
+        return sorted(set(cfg.queries)), None
+    world = WorldMatcher(cfg.lang_queries)
+    return world.names, world.langs_of_ids()
+
+
+def _meta_lang(label, cache={}):
+    lang = cache.get(label)
+    if lang is None:
+        lang = cache[label] = metadata_lang(label, "lid") or "und"
+    return lang
+
+
+def _lang_counts(langs, key):
+    """{"wl_<metadata language>_<key>": pairs} of an Arrow column of lid.176 labels."""
+    out = {}
+    for label, n in zip(*np.unique(langs.to_numpy(zero_copy_only=False).astype(str), return_counts=True)):
+        k = f"wl_{_meta_lang(label)}_{key}"
+        out[k] = out.get(k, 0) + int(n)
+    return out
 
 
 def _digest(*parts):
@@ -175,6 +211,7 @@ class Match(beam.DoFn):
         self.args = text_filter_args(cfg)
         self.key = _digest(*self.args)
         self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
+        self.worldwide = cfg.lang_queries is not None
 
     def setup(self):
         self.tf = _text_filter(self.key, self.args)
@@ -182,6 +219,7 @@ class Match(beam.DoFn):
     def process(self, work):
         index, item = work
         tf, counts, pages = self.tf, Counter(), {}
+        by_lang = Counter() if self.worldwide else None
         buffer, buffered, flushes, matched = [], 0, 0, 0
         notes, last_note = FileSystems.join(self.tmp, "progress"), time.monotonic()
         batches = candidate_batches(item, self.cols, pages, self.no_header, self.max_page_bytes)
@@ -190,7 +228,7 @@ class Match(beam.DoFn):
             counts[f"input_{fmt}"] += len(urls)
             for reason, n_bad in bad.items():
                 counts[f"drop_{reason}"] += n_bad
-            codes, kept, uids, cleaned, langs, scores, qids = tf.filter_arrow(urls, texts)
+            codes, kept, uids, cleaned, langs, scores, qids = tf.filter_arrow(urls, texts, by_lang)
             for code, n in enumerate(np.bincount(codes, minlength=len(REASONS)).tolist()):
                 if n and code != OK:
                     counts[f"drop_{REASONS[code]}"] += n
@@ -213,6 +251,9 @@ class Match(beam.DoFn):
             self._spill(index, flushes, buffer)
         for k, v in pages.items():
             counts[f"pages_{k}"] += v
+        for (lang, code), v in (by_lang or {}).items():
+            counts[f"wl_{lang}_identified"] += v
+            counts[f"wl_{lang}_{REASONS[code] if code != OK else 'matched'}"] += v
         progress.note(notes, f"m{index:06d}", {"read": counts["input"], "matched": matched, "fraction": 1.0, "done": True})
         yield dict(counts)
 
@@ -237,8 +278,8 @@ class Dedup(beam.DoFn):
     """Partition number -> ``dedup/pNNNNN.parquet`` (sorted by uid); yields ("stats", counts)
     and ("matches", sparse per-query counts)."""
 
-    def __init__(self, tmp, n_queries):
-        self.tmp, self.n_queries = tmp, n_queries
+    def __init__(self, tmp, n_queries, worldwide=False):
+        self.tmp, self.n_queries, self.worldwide = tmp, n_queries, worldwide
 
     def process(self, part):
         table = spill.read_partition(FileSystems.join(self.tmp, "matched"), part, MATCHED)
@@ -248,7 +289,10 @@ class Dedup(beam.DoFn):
         spill.write_table(FileSystems.join(self.tmp, "dedup", f"p{part:05d}.parquet"), table, compression="lz4")
         spill.delete_partition(FileSystems.join(self.tmp, "matched"), part)
         progress.note(FileSystems.join(self.tmp, "progress"), f"d{part:05d}", {"pairs": table.num_rows})
-        yield "stats", {"drop_duplicate": dropped} if dropped else {}
+        stats = {"drop_duplicate": dropped} if dropped else {}
+        if self.worldwide and table.num_rows:
+            stats.update(_lang_counts(table.column("lang"), "deduplicated"))
+        yield "stats", stats
         yield "matches", _sparse_counts(table.column("qids"), self.n_queries)
 
 
@@ -284,17 +328,37 @@ class SumSparse(beam.CombineFn):
 
 
 class WriteVector(beam.DoFn):
-    """The summed match counts -> ``counts.npy`` (read by every Balance worker); yields once."""
+    """The summed match counts -> ``counts.npy`` (read by every Balance worker); worldwide, also
+    each language's t (``t.npy``, the t of every query id). Yields once: worldwide, the t of each
+    language and English's tail share (in millionths) as counts."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, cfg=None, t_path=None):
+        self.path, self.t_path = path, t_path
+        self.t_en = cfg.max_per_query if cfg is not None else None
+        self.lang_queries = cfg.lang_queries if cfg is not None else None
 
     def process(self, vector):
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(vector, np.int64), allow_pickle=False)
-        with FileSystems.create(self.path) as f:
-            f.write(buf.getvalue())
-        yield {}
+        _save_npy(self.path, np.asarray(vector, np.int64))
+        if self.lang_queries is None:
+            yield {}
+            return
+        langs = np.array(WorldMatcher(self.lang_queries).langs_of_ids(), dtype=object)
+        thresholds, p = balance.language_thresholds(vector, langs, self.t_en)
+        t = np.full(len(vector), float(self.t_en))
+        for lang, t_lang in thresholds.items():
+            t[langs == lang] = t_lang
+        _save_npy(self.t_path, t)
+        out = {f"wl_{lang}_t": t_lang for lang, t_lang in thresholds.items()}
+        if p is not None:
+            out["tail_share_en_micro"] = int(round(p * 1e6))
+        yield out
+
+
+def _save_npy(path, array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    with FileSystems.create(path) as f:
+        f.write(buf.getvalue())
 
 
 def _load_vector(path, run_id):
@@ -303,8 +367,8 @@ def _load_vector(path, run_id):
     if v is None:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             v = np.load(io.BytesIO(f.read()), allow_pickle=False)
-        for k in [k for k in _RESOURCES if isinstance(k, tuple)]:
-            del _RESOURCES[k]  # the latest run's vector only
+        for k in [k for k in _RESOURCES if isinstance(k, tuple) and k[1] != run_id]:
+            del _RESOURCES[k]  # the latest run's vectors only
         _RESOURCES[key] = v
     return v
 
@@ -317,18 +381,20 @@ class Balance(beam.DoFn):
 
     def __init__(self, cfg, tmp, run_id):
         self.tmp, self.t, self.seed, self.run_id = tmp, cfg.max_per_query, cfg.seed, run_id
-        self.queries = sorted(set(cfg.queries))
+        self.queries = query_table(cfg)[0]
+        self.worldwide = cfg.lang_queries is not None
 
     def setup(self):
         self.query_array = pa.array(self.queries, pa.string())
 
     def process(self, part):
         counts = _load_vector(FileSystems.join(self.tmp, "counts.npy"), self.run_id)
+        t = _load_vector(FileSystems.join(self.tmp, "t.npy"), self.run_id) if self.worldwide else self.t
         path = FileSystems.join(self.tmp, "dedup", f"p{part:05d}.parquet")
         table = spill.read_table(path)
         qids = table.column("qids").combine_chunks()
         p = balance.keep_probabilities(qids.offsets.to_numpy(), qids.values.to_numpy(zero_copy_only=False),
-                                       counts, self.t)
+                                       counts, t)
         keep = balance.draws(self.seed, table.column("uid").to_pylist()) < p
         kept = table.filter(pa.array(keep)).append_column("keep_prob", pa.array(p[keep], pa.float64()))
         n_kept = kept.num_rows
@@ -340,6 +406,8 @@ class Balance(beam.DoFn):
         if n_kept:
             for lang, k in zip(*np.unique(kept.column("lang").to_numpy(zero_copy_only=False), return_counts=True)):
                 stats[f"lang_{lang}"] = int(k)
+            if self.worldwide:
+                stats.update(_lang_counts(kept.column("lang"), "kept"))
             kept_qids = kept.column("qids").combine_chunks()
             names = pa.ListArray.from_arrays(kept_qids.offsets, self.query_array.take(kept_qids.values))
             out = pa.table({f.name: (names if f.name == "queries" else kept.column(f.name)) for f in CURATED_PAIR},
@@ -365,15 +433,19 @@ class WriteQueryCounts(beam.DoFn):
 
     def __init__(self, cfg, tmp, run_id):
         self.tmp, self.t, self.run_id = tmp, cfg.max_per_query, run_id
-        self.queries = sorted(set(cfg.queries))
+        self.queries, self.langs = query_table(cfg)
 
     def process(self, kept):
         matches = _load_vector(FileSystems.join(self.tmp, "counts.npy"), self.run_id)
+        t = _load_vector(FileSystems.join(self.tmp, "t.npy"), self.run_id) if self.langs is not None \
+            else np.full(len(matches), float(self.t))
+        langs = self.langs or [None] * len(matches)
         ids = np.flatnonzero(matches)
-        rows = sorted(((self.queries[i], int(matches[i]), int(kept[i])) for i in ids), key=lambda r: (-r[1], r[0]))
+        rows = sorted(((self.queries[i], int(matches[i]), int(kept[i]), min(1.0, t[i] / matches[i]), langs[i])
+                       for i in ids), key=lambda r: (-r[1], r[4] or "", r[0]))
         table = pa.table({"query": [r[0] for r in rows], "matches": [r[1] for r in rows],
-                          "kept": [r[2] for r in rows],
-                          "single_query_keep_prob": [min(1.0, self.t / r[1]) for r in rows]}, schema=QUERY_COUNTS)
+                          "kept": [r[2] for r in rows], "single_query_keep_prob": [float(r[3]) for r in rows],
+                          "lang": [r[4] for r in rows]}, schema=QUERY_COUNTS)
         spill.write_table(FileSystems.join(self.tmp, "query_counts.parquet"), table)
         yield {}
 
@@ -384,16 +456,17 @@ def _tagged(tag):
 
 def build(p, cfg, tmp, n_parts):
     """Add the crawl to ``p``. Outputs go to ``tmp``; the funnel's counts to ``tmp/stats.json``."""
-    n_queries = len(set(cfg.queries))
+    n_queries = len(query_table(cfg)[0])
     run_id = uuid.uuid4().hex  # names this run's files in the per-process cache
     item_counts = (p | "WorkItems" >> beam.Create(list(enumerate(cfg.inputs)))
                    | "SpreadInputs" >> beam.Reshuffle()
                    | "Match" >> beam.ParDo(Match(cfg, tmp, n_parts)))
     deduped = (item_counts | "AfterMatch" >> spill.Fanout(n_parts)
-               | "Dedup" >> beam.ParDo(Dedup(tmp, n_queries)))
+               | "Dedup" >> beam.ParDo(Dedup(tmp, n_queries, cfg.lang_queries is not None)))
     matches_written = (deduped | "MatchCounts" >> beam.FlatMap(_tagged("matches"))
                        | "SumMatches" >> beam.CombineGlobally(SumSparse(n_queries)).without_defaults()
-                       | "WriteMatchCounts" >> beam.ParDo(WriteVector(FileSystems.join(tmp, "counts.npy"))))
+                       | "WriteMatchCounts" >> beam.ParDo(WriteVector(FileSystems.join(tmp, "counts.npy"), cfg,
+                                                                     FileSystems.join(tmp, "t.npy"))))
     balanced = (matches_written | "AfterDedup" >> spill.Fanout(n_parts)
                 | "Balance" >> beam.ParDo(Balance(cfg, tmp, run_id)))
     query_counts = (balanced | "KeptCounts" >> beam.FlatMap(_tagged("kept"))
@@ -401,7 +474,8 @@ def build(p, cfg, tmp, n_parts):
                     | "WriteQueryCounts" >> beam.ParDo(WriteQueryCounts(cfg, tmp, run_id)))
     dedup_stats = deduped | "DedupStats" >> beam.FlatMap(_tagged("stats"))
     balance_stats = balanced | "BalanceStats" >> beam.FlatMap(_tagged("stats"))
-    return ((item_counts, dedup_stats, balance_stats, query_counts)
+    thresholds = matches_written | "Thresholds" >> beam.Filter(bool)
+    return ((item_counts, dedup_stats, balance_stats, query_counts, thresholds)
             | "Funnel" >> FinishWithStats(FileSystems.join(tmp, "stats.json")))
 
 

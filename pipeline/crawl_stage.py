@@ -19,13 +19,15 @@ from clipforge.errors import InputError
 from clipforge.pipeline import progress, readers
 from clipforge.pipeline.crawl import QUERY_COUNTS, CrawlConfig, build, n_partitions
 from clipforge.schemas.files import Funnel, read_metadata, write_stats
+from clipforge.schemas.languages import metadata_lang
 from clipforge.schemas.records import CURATED_PAIR
 
 log = logging.getLogger("clipforge.crawl")
 
 CAPTION_REASONS = ("no_text", "text_too_short", "text_too_long", "text_number", "text_file_name", "text_boilerplate")
 DROP_REASONS = ("unreadable_record", "field_too_large", "bad_url_scheme", "invalid_url") + CAPTION_REASONS + (
-    "lang_not_wanted", "no_query_match", "duplicate", "balanced_out")
+    "lang_not_wanted", "lang_without_list", "no_query_match", "duplicate", "balanced_out")
+LANG_STEPS = ("identified", "lang_not_wanted", "lang_without_list", "no_query_match", "matched", "deduplicated", "kept")
 
 
 def input_format(path):
@@ -119,9 +121,48 @@ def load_queries(path):
     raise InputError(f"--queries {path}: expected a queries directory, queries.parquet or metadata.json")
 
 
+def load_query_lists(path):
+    """{metadata language: query strings} of a worldwide list: a queries directory or a
+    queries.parquet with a ``lang`` column (rows without one are English), or a folder of
+    MetaCLIP 2 lists named ``{lang}.json`` (its ``data/metadata/``; a queries directory's
+    ``metadata/``). Each file name is read as a Wikipedia language code (``zh_yue`` joins ``zh``)."""
+    folder = path
+    if FileSystems.exists(FileSystems.join(path, "queries.parquet")):
+        path = FileSystems.join(path, "queries.parquet")
+    elif FileSystems.exists(FileSystems.join(path, "metadata")):
+        folder = FileSystems.join(path, "metadata")
+    if path.endswith(".parquet"):
+        if not FileSystems.exists(path):
+            raise InputError(f"--queries {path}: no such file or directory")
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        langs = table.column("lang").to_pylist() if "lang" in table.column_names else [None] * table.num_rows
+        out = {}
+        for q, lang in zip(table.column("query").to_pylist(), langs):
+            out.setdefault(metadata_lang(lang or "en", "wiki") or "en", []).append(q)
+        return out
+    try:
+        files = FileSystems.match([FileSystems.join(folder, "*.json")])[0].metadata_list
+    except Exception as e:
+        raise InputError(f"--queries {folder}: {e}") from None
+    if not files:
+        raise InputError(f"--queries {path}: expected a queries directory, a queries.parquet with a lang column, "
+                         "or a folder of {lang}.json lists (MetaCLIP 2's layout)")
+    out = {}
+    for m in sorted(files, key=lambda m: m.path):
+        stem = m.path.rsplit("/", 1)[-1][:-len(".json")]
+        lang = metadata_lang(stem, "wiki")
+        if lang is None:
+            raise InputError(f"--queries {m.path}: {stem!r} is not a language code (expected {{lang}}.json)")
+        out.setdefault(lang, []).extend(read_metadata(m.path))
+    return out
+
+
 def run(cfg: CrawlConfig, beam_flags=()):
     t0 = time.time()
-    if not cfg.queries:
+    if cfg.lang_queries is not None:
+        cfg = dataclasses.replace(cfg, lang_queries={k: v for k, v in cfg.lang_queries.items() if v})
+    if not (cfg.queries if cfg.lang_queries is None else cfg.lang_queries):
         raise InputError("the query list is empty")
     check_columns(cfg.inputs, cfg.url_col, cfg.text_col, cfg.page_col, cfg.no_header)
     # Workers of a distributed runner do not share the launcher's working directory.
@@ -135,8 +176,9 @@ def run(cfg: CrawlConfig, beam_flags=()):
     for d in (cfg.out, tmp):
         if not FileSystems.exists(d):
             FileSystems.mkdirs(d)
-    print(f"crawl: {len(cfg.inputs)} input part(s), {len(cfg.queries):,} queries, {n_parts} uid partition(s)",
-          file=sys.stderr, flush=True)
+    lists = (f"{sum(map(len, cfg.lang_queries.values())):,} queries in {len(cfg.lang_queries)} languages"
+             if cfg.lang_queries is not None else f"{len(cfg.queries):,} queries")
+    print(f"crawl: {len(cfg.inputs)} input part(s), {lists}, {n_parts} uid partition(s)", file=sys.stderr, flush=True)
     p = make_pipeline(list(beam_flags))
     build(p, cfg, tmp, n_parts)
     with progress.ProgressLine(_describe(FileSystems.join(tmp, "progress"), estimates, n_parts),
@@ -231,9 +273,40 @@ def funnel_from_counters(c, cfg, wall):
         "pages": {k[len("pages_"):]: v for k, v in sorted(c.items()) if k.startswith("pages_")},
         "languages_kept": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "settings": {"max_per_query": cfg.max_per_query, "langs": list(cfg.langs) or "all",
-                     "min_lang_score": cfg.min_lang_score, "seed": cfg.seed, "queries": len(cfg.queries),
+                     "worldwide": cfg.lang_queries is not None,
+                     "min_lang_score": cfg.min_lang_score, "seed": cfg.seed,
+                     "queries": len(cfg.queries) if cfg.lang_queries is None else
+                     sum(len(set(v)) for v in cfg.lang_queries.values()),
                      "min_text_chars": cfg.min_text_chars, "max_text_chars": cfg.max_text_chars},
         "limits": crawl_limits(cfg),
         "seconds": round(wall, 2),
     }
+    if cfg.lang_queries is not None:
+        f.extra["languages"] = language_funnels(c, cfg)
+        share = c.get("tail_share_en_micro")
+        f.extra["balancing"] = {
+            "t_en": cfg.max_per_query, "tail_share_en": share / 1e6 if share is not None else None,
+            "rule": "t_lang: the t whose tail share (matches of queries matched fewer than t times / all "
+                    "matches, in that language) is nearest English's at t_en; ties to the larger t"
+                    if share is not None else "no English match: every language balanced at t_en"}
     return f.to_dict()
+
+
+def language_funnels(c, cfg):
+    """Per metadata language: its list's size, and links identified as it, dropped by reason,
+    matched, left after deduplication and kept, with its balancing t; most kept first."""
+    out = {}
+    for k, v in c.items():
+        if not k.startswith("wl_"):
+            continue
+        lang, step = k[3:].rsplit("_", 1) if not k.endswith(tuple(f"_{s}" for s in LANG_STEPS)) else \
+            next((k[3:-len(s) - 1], s) for s in LANG_STEPS if k.endswith(f"_{s}"))
+        out.setdefault(lang, {})[step] = v
+    for lang, qs in cfg.lang_queries.items():
+        out.setdefault(lang, {})["entries"] = len(set(qs))
+    rows = {}
+    for lang, d in out.items():
+        row = {"entries": d.get("entries", 0), **{s: d.get(s, 0) for s in LANG_STEPS}, "t": d.get("t")}
+        row["balanced_out"] = row["deduplicated"] - row["kept"]
+        rows[lang] = row
+    return dict(sorted(rows.items(), key=lambda kv: (-kv[1]["kept"], -kv[1]["identified"], kv[0])))

@@ -8,6 +8,12 @@ last ``cache_size`` distinct raw texts is remembered (web alt texts repeat a lot
 boilerplate, product names, templated captions). Only the pair id (a hash) is computed link by
 link, and only for links that are kept. Matched queries are ids into ``self.queries`` (the
 query list, sorted), in increasing order.
+
+Worldwide (``lang_queries``: one list per metadata language), lid.176 runs on every cleaned
+text first; its label, mapped to a metadata language (``schemas.languages.metadata_lang``),
+selects that language's list, and the ids are into the concatenation of the lists in language
+order (``matching.WorldMatcher``). A text of a language without a list is
+``lang_without_list``.
 """
 
 import hashlib
@@ -22,7 +28,7 @@ import pyarrow.compute as pc
 from clipforge import limits
 from clipforge.pipeline import captions
 from clipforge.pipeline.langid import LanguageID
-from clipforge.pipeline.matching import Matcher
+from clipforge.pipeline.matching import Matcher, WorldMatcher
 from clipforge.schemas import pairs as pair_ids
 
 # An absolute http(s) URL with a host and no whitespace; anything else is dropped. Written once
@@ -42,7 +48,7 @@ _HTTP = re.compile(r"^https?:", re.IGNORECASE)
 # Outcome codes of a link, in funnel order.
 OK = 0
 REASONS = ("kept", "bad_url_scheme", "invalid_url", "no_text", "text_too_short", "text_too_long", "text_number",
-           "text_file_name", "text_boilerplate", "lang_not_wanted", "no_query_match")
+           "text_file_name", "text_boilerplate", "lang_not_wanted", "lang_without_list", "no_query_match")
 _CODE = {r: i for i, r in enumerate(REASONS)}
 
 
@@ -83,16 +89,19 @@ def _cache_key(raw):
 
 class TextFilter:
     def __init__(self, queries, langs=("en",), min_lang_score=0.0, min_chars=captions.MIN_CHARS,
-                 max_chars=captions.MAX_CHARS, cache_size=200_000, identify_later=False):
+                 max_chars=captions.MAX_CHARS, cache_size=200_000, identify_later=False, lang_queries=None):
         """``identify_later``: when every language is wanted (no ``langs``, no minimum score), the
         language decides nothing here, so leave it unset (lang and score None) for the caller to
-        identify on the pairs it keeps (the crawl does so after balancing: ``LanguageID.predict_arrow``)."""
+        identify on the pairs it keeps (the crawl does so after balancing: ``LanguageID.predict_arrow``).
+        ``lang_queries``: {metadata language: queries}, a worldwide list (``queries`` unused);
+        ``langs`` then names metadata languages."""
         self.langs, self.min_lang_score = frozenset(langs), min_lang_score
-        self.identify_later = identify_later and not langs and min_lang_score <= 0
+        self.world = WorldMatcher(lang_queries) if lang_queries is not None else None
+        self.identify_later = identify_later and not langs and min_lang_score <= 0 and self.world is None
         self.min_chars, self.max_chars = min_chars, max_chars
         self.lid = LanguageID()
-        self.matcher = Matcher(queries)
-        self.queries = self.matcher.queries
+        self.matcher = Matcher(queries) if self.world is None else None
+        self.queries = self.matcher.queries if self.world is None else self.world.names
         self.cache, self.cache_size = {}, cache_size
 
     def judge_texts(self, raws):
@@ -107,6 +116,8 @@ class TextFilter:
                 cleaned.append(text)
         if not cleaned:
             return out
+        if self.world is not None:
+            return self._judge_worldwide(todo, cleaned, out)
         match = self.matcher.match_ids
         langs, min_score = self.langs, self.min_lang_score
         not_wanted, no_match = _CODE["lang_not_wanted"], _CODE["no_query_match"]
@@ -133,6 +144,21 @@ class TextFilter:
                 out[raw] = (OK if ids else no_match, text, lang, score, ids)
         return out
 
+    def _judge_worldwide(self, todo, cleaned, out):
+        """Outcomes of cleaned texts against the list of each one's language."""
+        langs, min_score, world = self.langs, self.min_lang_score, self.world
+        not_wanted, no_list, no_match = _CODE["lang_not_wanted"], _CODE["lang_without_list"], _CODE["no_query_match"]
+        for raw, text, (lang, score) in zip(todo, cleaned, self.lid.predict_many(cleaned)):
+            meta = world.lang_of_label(lang)
+            if (langs and meta not in langs) or score < min_score:
+                out[raw] = (not_wanted, text, lang, score, None)
+            elif meta not in world.lists:
+                out[raw] = (no_list, text, lang, score, None)
+            else:
+                ids = world.match_ids(meta, text)
+                out[raw] = (OK if ids else no_match, text, lang, score, ids)
+        return out
+
     def _outcomes(self, raws):
         """Outcomes of distinct raw texts, from the cache or judged now (and remembered).
 
@@ -153,9 +179,11 @@ class TextFilter:
             cache.update(remember)
         return got
 
-    def filter_arrow(self, urls, texts):
+    def filter_arrow(self, urls, texts, by_lang=None):
         """A batch of links as Arrow string arrays -> (outcome code per link, and for the kept
-        links, in order: their indices and Arrow arrays uid, text, lang, lang_score, qids)."""
+        links, in order: their indices and Arrow arrays uid, text, lang, lang_score, qids).
+        ``by_lang``: a Counter that gets, for every link whose text was identified, one count
+        under (metadata language, outcome code)."""
         codes = url_codes(urls)
         texts = pc.fill_null(texts, "")
         encoded = pc.dictionary_encode(texts).combine_chunks() if isinstance(texts, pa.ChunkedArray) \
@@ -168,6 +196,12 @@ class TextFilter:
         outcomes = self._outcomes([distinct[i] for i in todo])
         text_code = np.full(len(distinct), OK, dtype=np.int8)
         text_code[todo] = [o[0] for o in outcomes]
+        if by_lang is not None and len(todo):
+            links = np.bincount(index[codes == OK], minlength=len(distinct))
+            lang_of = self.world.lang_of_label if self.world is not None else (lambda label: label)
+            for i, o in zip(todo, outcomes):
+                if o[2] is not None:
+                    by_lang[(lang_of(o[2]), o[0])] += int(links[i])
         codes = np.where(codes == OK, text_code[index], codes)
         kept = np.flatnonzero(codes == OK)
         slot = np.full(len(distinct), -1, dtype=np.int64)
