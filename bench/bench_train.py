@@ -51,6 +51,35 @@ def write_shards(out, w, h):
     return sorted(str(p) for p in out.glob("*.tar")), total_bytes / N_SAMPLES / 1000
 
 
+def write_pool_shards(out, w, h, n_samples, n_shards, pool=256, seed=0):
+    """Shards of ``n_samples`` photo-like ``w`` x ``h`` JPEGs (``pool`` distinct encodings, cycled:
+    decoding costs the same, and writing many samples stays cheap) with varied captions, and the
+    ``sizes.json`` the loader balances its slots by. Returns (urls, mean kB per JPEG)."""
+    import json
+
+    rng = random.Random(seed * 1000003 + w * 1009 + h)
+    scenes = [photo_like(rng, w + w // 4, h + h // 4) for _ in range(min(pool, 64))]
+    jpegs = []
+    for i in range(pool):
+        x, y = rng.randrange(w // 4), rng.randrange(h // 4)
+        buf = io.BytesIO()
+        scenes[i % len(scenes)].crop((x, y, x + w, y + h)).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    out.mkdir(parents=True, exist_ok=True)
+    sizes, key = {}, 0
+    for s in range(n_shards):
+        name = f"{s:06d}.tar"
+        n = n_samples // n_shards + (s < n_samples % n_shards)
+        with wds.TarWriter(str(out / name)) as tw:
+            for _ in range(n):
+                tw.write({"__key__": f"{key:09d}", "jpg": jpegs[key % pool],
+                          "txt": f"a photo of scene {key % 64} with some circles, number {key}"})
+                key += 1
+        sizes[name] = n
+    (out / "sizes.json").write_text(json.dumps(sizes))
+    return sorted(str(out / name) for name in sizes), sum(map(len, jpegs)) / pool / 1000
+
+
 def _loader_comparison(workdir, w, h, tokenizer):
     urls, kb = write_shards(workdir / f"{w}x{h}", w, h)
     seen = {}
