@@ -20,7 +20,6 @@ those scripts (``needs_boundary``), and their bigrams are joined without a space
 """
 
 import re
-import unicodedata
 
 NO_SPACE = frozenset({"bo", "dz", "ja", "km", "lo", "my", "th", "zh"})
 
@@ -71,10 +70,12 @@ def is_no_space_char(ch):
     """True for a character of a script written without spaces between words (Han, kana,
     Thai, Lao, Myanmar, Khmer, Tibetan) or of their punctuation (CJK full stops and brackets)."""
     o = ord(ch)
-    return (0x2E80 <= o <= 0x2FDF or 0x2FF0 <= o <= 0x303F  # radicals, ideographic description, CJK punct
+    return (0x2E80 <= o <= 0x2FDF or 0x2FF0 <= o <= 0x2FFF  # radicals, ideographic description
+            or 0x3001 <= o <= 0x302D or 0x3030 <= o <= 0x303F  # CJK punctuation (not its space, Hangul marks)
             or 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF  # hiragana, katakana
             or 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF
-            or 0xFF00 <= o <= 0xFFEF and unicodedata.category(ch) != "Zs"  # full- and halfwidth forms
+            or 0xFF01 <= o <= 0xFF9F or 0xFFE0 <= o <= 0xFFEE  # fullwidth forms, halfwidth kana (not Hangul)
+            or 0x1AFF0 <= o <= 0x1B16F  # kana supplements and extensions
             or 0x20000 <= o <= 0x3134F  # CJK extensions B-G
             or 0x0E00 <= o <= 0x0EFF  # Thai, Lao
             or 0x0F00 <= o <= 0x0FFF  # Tibetan
