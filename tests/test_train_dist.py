@@ -262,6 +262,50 @@ def test_gathered_features_backward_by_reduce_scatter_gives_the_full_batch_gradi
         assert vs_full < 1e-6 and vs_old < 1e-6, line
 
 
+_FLAGS = r'''
+import os
+import torch
+import torch.distributed as dist
+from clipforge.trainer import train
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+train._CONTROL = dist.new_group(backend="gloo")     # the side group setup_distributed makes under NCCL
+groups, real = [], dist.all_reduce
+
+
+def watched(tensor, *args, **kwargs):     # the real collective, noting its group and device
+    groups.append((kwargs.get("group"), tensor.device.type))
+    return real(tensor, *args, **kwargs)
+
+
+dist.all_reduce = watched
+got = [train._all_min(True), train._all_min(rank == 0), train._all_min(rank == 1), train._all_min(False)]
+dist.all_reduce = real
+assert groups == [(train._CONTROL, "cpu")] * 4, groups
+# the default group is still in step after the side group's collectives
+t = torch.tensor([rank + 1])
+dist.all_reduce(t)
+print("FLAGS", rank, *got, int(t))
+dist.destroy_process_group()
+'''
+
+
+def test_the_per_step_flag_is_agreed_on_the_hosts_own_group():
+    """The "some rank ran out of batches" flag goes through a separate gloo group (under NCCL,
+    so that agreeing on it does not wait for the GPU's queue): with two ranks it is the minimum
+    over both, and the default group's collectives are unaffected."""
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port()),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _FLAGS], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**env, "RANK": str(rank)}) for rank in (0, 1)]
+    for rank, p in enumerate(procs):
+        text = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, text[-3000:]
+        line = next(x for x in text.splitlines() if x.startswith("FLAGS"))
+        assert line.split()[1:] == [str(rank), "True", "False", "False", "False", "3"], line
+
+
 @pytest.mark.slow
 def test_evaluation_during_training_is_spread_over_the_ranks(tmp_path):
     """Two ranks evaluate half the held-out images each (with a loader worker) and sum the counts:

@@ -102,15 +102,26 @@ def setup_distributed(timeout_minutes: float = 60.0) -> tuple[int, int, torch.de
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
+        timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        global _CONTROL
+        _CONTROL = dist.new_group(backend="gloo", timeout=timeout) if cuda else None
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
-def _all_min(flag: bool, device) -> bool:
+# Under NCCL, a gloo group (every rank joins it right after the default group) for the flag the
+# ranks agree on every step: its CPU tensor needs no device synchronisation, where an NCCL
+# all_reduce and `.item()` would wait for the GPU to finish the queued step before the next
+# batch is even copied. None: the default group (gloo already).
+_CONTROL = None
+
+
+def _all_min(flag: bool, device=None) -> bool:
+    """Whether ``flag`` holds on every rank; on the host only (no device work, no GPU sync)."""
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_CONTROL)
     return bool(t.item())
 
 
@@ -679,3 +690,5 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        global _CONTROL
+        _CONTROL = None
