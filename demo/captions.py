@@ -61,7 +61,24 @@ _OTHER = {
     ),
 }
 
-LANGUAGES = ("en",) + tuple(_OTHER)
+LANGUAGES = ("en", "de", "fr", "es")  # alts of the classic demo (the draw among them is fixed)
+
+# Japanese, written without spaces: a share of the alts that would have been Spanish (their own
+# random stream, so the rest of the world stays as it was).
+_OTHER["ja"] = (
+    dict(circle="円", square="四角形", triangle="三角形", star="星", heart="ハート", cross="十字", ring="輪",
+         diamond="ひし形", hexagon="六角形", arrow="矢印", crescent="三日月", pentagon="五角形"),
+    dict(red="赤", orange="オレンジ", yellow="黄", green="緑", blue="青", purple="紫", pink="ピンク", brown="茶",
+         black="黒", white="白"),
+    ("{colour}色の{shape}", "{colour}色の{shape}のイラスト", "{shape}のアイコン（{colour}色）"),
+)
+WORLD_LANGUAGES = LANGUAGES + ("ja",)
+
+
+def words(lang):
+    """(shape names, colour names) of a language other than English."""
+    shapes, colours, _ = _OTHER[lang]
+    return shapes, colours
 
 # What real alt attributes are full of: file names, numbers, boilerplate.
 JUNK = (

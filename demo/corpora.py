@@ -4,7 +4,10 @@
   dumps carry (templates, links, files, tables, references, categories), redirects and
   pages outside the article namespace;
 - Wikimedia hourly pageview files (``domain title views bytes``, gzip);
-- a lexicon in Open English WordNet's YAML source format.
+- a lexicon in Open English WordNet's YAML source format;
+- for worldwide curation, the same concepts in German, French, Spanish and Japanese: a dump per
+  language (``<dbname>dewiki</dbname>``, ...), pageviews under each language's project code,
+  and a WN-LMF file with one lexicon per language.
 
 All output is a pure function of the ``random.Random`` passed in.
 """
@@ -16,6 +19,7 @@ from xml.sax.saxutils import escape
 
 import yaml
 
+from clipforge.demo import captions
 from clipforge.demo.concepts import COLOURS, SHAPES, TEXTURES, plural
 
 _FILLER = (
@@ -90,7 +94,7 @@ def _page(title, ns, page_id, text, redirect=None):
 _HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
   <siteinfo>
     <sitename>Demo Wikipedia</sitename>
-    <dbname>demowiki</dbname>
+    <dbname>enwiki</dbname>
     <generator>clipforge demo</generator>
     <case>first-letter</case>
     <namespaces>
@@ -172,3 +176,101 @@ def wordnet_yaml():
             "partOfSpeech": "n",
         }
     return yaml.safe_dump(entries, sort_keys=True, allow_unicode=True).encode("utf-8")
+
+
+# --- the same concepts in other languages ---------------------------------------------------------
+
+WORLD_WIKIS = ("de", "fr", "es", "ja")
+# Sentences that need no agreement: {s} a shape name, {c} a colour name, {o} another shape name.
+_WORLD_SENTENCES = {
+    "de": ("Die Form {s} erscheint auf vielen Flaggen und Schildern.", "Kinder zeichnen oft die Form {s} in der Farbe {c}.",
+           "Die Farbe {c} ist auf vielen Bildern zu sehen.", "Neben der Form {s} steht oft die Form {o}.",
+           "Das Symbol {s} ist leicht zu erkennen.", "Viele Logos zeigen die Form {s} in {c}."),
+    "fr": ("La forme {s} apparaît sur de nombreux drapeaux.", "Les enfants dessinent souvent un {s} de couleur {c}.",
+           "La couleur {c} se voit sur de nombreuses images.", "À côté du {s} on trouve souvent un {o}.",
+           "Le symbole {s} est facile à reconnaître.", "Beaucoup de logos montrent un {s} {c}."),
+    "es": ("La forma {s} aparece en muchas banderas.", "Los niños dibujan a menudo un {s} de color {c}.",
+           "El color {c} se ve en muchas imágenes.", "Junto al {s} suele haber un {o}.",
+           "El símbolo {s} es fácil de reconocer.", "Muchos logotipos muestran un {s} de color {c}."),
+    "ja": ("{s}は多くの旗や標識に描かれている。", "子供たちはよく{c}色の{s}を描く。", "{c}色は多くの絵に使われている。",
+           "{s}の隣にはよく{o}がある。", "{s}の記号は見分けやすい。", "多くのロゴが{c}色の{s}を使っている。"),
+}
+_WORLD_TITLES = {"de": "Hauptseite", "fr": "Accueil", "es": "Portada", "ja": "メインページ"}
+
+
+def _world_header(lang):
+    return _HEADER.replace('xml:lang="en"', f'xml:lang="{lang}"').replace(
+        "<dbname>enwiki</dbname>", f"<dbname>{lang}wiki</dbname>").replace("Demo Wikipedia", f"Demo Wikipedia ({lang})")
+
+
+def wiki_dump_lang(rng, lang, sentences_per_article):
+    """A dump of ``lang`` (bz2 MediaWiki XML bytes) with an article per shape and colour, and
+    the number of articles."""
+    shapes, colours = captions.words(lang)
+    templates = _WORLD_SENTENCES[lang]
+    join = "" if lang == "ja" else " "
+    out = io.StringIO()
+    out.write(_world_header(lang))
+    page_id = 10
+    topics = [(name, "shape") for name in shapes.values()] + [(name, "colour") for name in colours.values()]
+    for title, kind in topics:
+        page_id += 1
+        body = []
+        for _ in range(sentences_per_article):
+            s = title if kind == "shape" else rng.choice(list(shapes.values()))
+            c = title if kind == "colour" else rng.choice(list(colours.values()))
+            body.append(rng.choice(templates).format(s=s, c=c, o=rng.choice(list(shapes.values()))))
+        bold = "'" * 3
+        text = f"{bold}{title}{bold}{join}" + join.join(body) + f"\n\n[[Category:{title}]]"
+        out.write(_page(title, 0, page_id, text))
+        if rng.random() < 0.3:
+            page_id += 1
+            out.write(_page(f"Talk:{title}", 1, page_id, "?"))
+    out.write("</mediawiki>\n")
+    return bz2.compress(out.getvalue().encode("utf-8"), 9), len(topics)
+
+
+def pageviews_world(rng, hours=2):
+    """Hourly pageview files with every language's articles under its project codes (de, de.m),
+    and lines of other projects (Wiktionary, Commons) that name no Wikipedia."""
+    files = {}
+    for h in range(hours):
+        lines = []
+        for lang in WORLD_WIKIS:
+            shapes, colours = captions.words(lang)
+            for t in list(shapes.values()) + list(colours.values()) + [_WORLD_TITLES[lang]]:
+                t = t.replace(" ", "_")
+                lines.append(f"{lang} {t} {rng.randint(40, 400)} 0")
+                if rng.random() < 0.4:
+                    lines.append(f"{lang}.m {t} {rng.randint(1, 80)} 0")
+                if rng.random() < 0.2:
+                    lines.append(f"{lang}.d {t} {rng.randint(100, 900)} 0")  # Wiktionary: not a title
+            lines.append(f"{lang} Spezial:Suche {rng.randint(100, 900)} 0")
+        lines.append(f"commons.m File:Demo.svg {rng.randint(100, 900)} 0")
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+            gz.write(("\n".join(lines) + "\n").encode("utf-8"))
+        files[f"pageviews-20260101-{h:02d}0000.gz"] = buf.getvalue()
+    return files
+
+
+def wordnet_lmf():
+    """A WN-LMF file with one lexicon per language: the shapes and colours as synsets."""
+    from xml.sax.saxutils import quoteattr
+
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<LexicalResource xmlns:dc="https://globalwordnet.github.io/schemas/dc/">']
+    for lang in WORLD_WIKIS:
+        shapes, colours = captions.words(lang)
+        parts.append(f'  <Lexicon id="demo-{lang}" label="Demo wordnet ({lang})" language="{lang}" '
+                     'email="demo@127.0.0.1" license="CC0" version="1.0">')
+        names = list(shapes.items()) + list(colours.items())
+        for i, (concept, word) in enumerate(names):
+            parts.append(f'    <LexicalEntry id="demo-{lang}-{i}"><Lemma writtenForm={quoteattr(word)} '
+                         f'partOfSpeech="n"/><Sense id="demo-{lang}-{i}-s" synset="demo-{lang}-{concept}"/>'
+                         '</LexicalEntry>')
+        for concept, _ in names:
+            parts.append(f'    <Synset id="demo-{lang}-{concept}" partOfSpeech="n"/>')
+        parts.append("  </Lexicon>")
+    parts.append("</LexicalResource>")
+    return ("\n".join(parts) + "\n").encode("utf-8")

@@ -42,7 +42,7 @@ from clipforge.demo import captions, concepts, corpora, messy
 from clipforge.demo.archives import Capture, write_warc_and_wat
 from clipforge.errors import MissingInput
 
-GENERATOR_VERSION = 2  # 2: some held-out images are also published on the web (the planted overlap)
+GENERATOR_VERSION = 3  # 2: the planted overlap; 3: Japanese alts, and worldwide/ (de, fr, es, ja sources)
 
 
 @dataclass
@@ -116,13 +116,15 @@ class _Writer:
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
 
 
-def _caption(attrs, rng):
+def _caption(attrs, rng, rng_ja):
     """(alt text or None, how it is written: alt/title/none, language label)."""
     r = rng.random()
     if r < 0.06:
         return captions.junk(rng), "alt", "junk"
     if r < 0.18:
         lang = rng.choice(captions.LANGUAGES[1:])
+        if lang == "es" and rng_ja.random() < 0.5:
+            return captions.foreign(attrs, "ja", rng_ja), "alt", "ja"
         return captions.foreign(attrs, lang, rng), "alt", lang
     text = captions.english(attrs, rng)
     if r < 0.20:
@@ -179,6 +181,7 @@ def _generate(cfg, root, port, base):
     rng_img = random.Random(f"{cfg.seed}:images")
     rng_txt = random.Random(f"{cfg.seed}:captions")
     rng_page = random.Random(f"{cfg.seed}:pages")
+    rng_ja = random.Random(f"{cfg.seed}:ja")
     truth = []
 
     # 0. held-out labelled images for zero-shot evaluation (a separate random stream), written
@@ -273,7 +276,7 @@ def _generate(cfg, root, port, base):
                 text, attr, lang = captions.english(attrs, rng_plant), "alt", "en"
             else:
                 attrs, iw, ih = by_id[img_id]
-                text, attr, lang = _caption(attrs, rng_txt)
+                text, attr, lang = _caption(attrs, rng_txt, rng_ja)
             style = (rng_plant if img_id in planted else rng_page).choice(("absolute", "root", "relative", "protocol"))
             src = _src(url_path, style, base, has_base)
             if text is not None and charset != "utf-8":
@@ -346,6 +349,15 @@ def _generate(cfg, root, port, base):
     for name, data in corpora.pageviews(rng_wiki).items():
         w.write(f"pageviews/{name}", data)
     w.write("wordnet/noun.demo.yaml", corpora.wordnet_yaml())
+    # ... and the same concepts in German, French, Spanish and Japanese (worldwide curation)
+    rng_world = random.Random(f"{cfg.seed}:worldwide")
+    world_articles = {}
+    for lang in corpora.WORLD_WIKIS:
+        dump, world_articles[lang] = corpora.wiki_dump_lang(rng_world, lang, max(12, cfg.size // 8))
+        w.write(f"worldwide/wiki/{lang}wiki-demo-pages-articles.xml.bz2", dump)
+    for name, data in corpora.pageviews_world(rng_world).items():
+        w.write(f"worldwide/pageviews/{name}", data)
+    w.write("worldwide/wordnet/omw-demo.xml", corpora.wordnet_lmf())
 
     # 7. the held-out labelled images (made in step 0)
     for rel, _, _, _, data in heldout:
@@ -364,6 +376,7 @@ def _generate(cfg, root, port, base):
             "img_tags": len(truth),
             "captures": len(captures),
             "wiki_articles": n_articles,
+            "worldwide_wiki_articles": world_articles,
             "heldout_shape": len(concepts.SHAPES) * cfg.heldout_per_class,
             "heldout_colour": len(concepts.COLOURS) * cfg.heldout_per_class,
             "planted": len(planted),
@@ -376,6 +389,9 @@ def _generate(cfg, root, port, base):
             "wiki": "wiki/demowiki-pages-articles.xml.bz2",
             "pageviews": "pageviews/*.gz",
             "wordnet": "wordnet/noun.demo.yaml",
+            "worldwide_wiki": "worldwide/wiki/*.bz2",
+            "worldwide_pageviews": "worldwide/pageviews/*.gz",
+            "worldwide_wordnet": "worldwide/wordnet/omw-demo.xml",
             "heldout_shape": "heldout/shape",
             "heldout_colour": "heldout/colour",
         },

@@ -111,12 +111,17 @@ def page_funnel(pages: dict) -> dict:
 def balancing(pairs_dir: Path, queries_dir: Path | None, crawl_stats: dict, top: int = 25) -> dict:
     """Per-query matches before and kept after balancing; head (matches > t) and tail."""
     t = crawl_stats.get("extra", {}).get("settings", {}).get("max_per_query")
-    table = _read_table(pairs_dir / "query_counts.parquet", ["query", "matches", "kept"])
+    languages = crawl_stats.get("extra", {}).get("languages")  # a worldwide crawl: a funnel and t per language
+    table = _read_table(pairs_dir / "query_counts.parquet", ["query", "matches", "kept"] + (["lang"] if languages else []))
     matches = np.asarray(table.column("matches").to_numpy(), dtype=np.int64)
     kept = np.asarray(table.column("kept").to_numpy(), dtype=np.int64)
     queries = table.column("query").to_pylist()
     order = np.argsort(-matches, kind="stable")
-    head = matches > t if t else np.zeros(len(matches), bool)
+    if languages:  # each query against its own language's t
+        t_of = np.array([(languages.get(lang) or {}).get("t") or t or 0 for lang in table.column("lang").to_pylist()])
+        head = matches > t_of
+    else:
+        head = matches > t if t else np.zeros(len(matches), bool)
     out = {
         "t": t,
         "queries_matched": int(len(matches)),
@@ -130,6 +135,9 @@ def balancing(pairs_dir: Path, queries_dir: Path | None, crawl_stats: dict, top:
         "kept_sorted": np.sort(kept)[::-1].tolist(),
         "top": [{"query": queries[i], "matches": int(matches[i]), "kept": int(kept[i])} for i in order[:top]],
     }
+    if languages:
+        out["languages"] = languages
+        out["tail_share_en"] = crawl_stats["extra"].get("balancing", {}).get("tail_share_en")
     if queries_dir is not None and (queries_dir / "queries.parquet").exists():
         q = _read_table(queries_dir / "queries.parquet", ["query", "source"])
         source = dict(zip(q.column("query").to_pylist(), q.column("source").to_pylist()))

@@ -62,6 +62,27 @@ def balancing(b: dict, path: Path):
     return _save(fig, path)
 
 
+def languages(rows: dict, path: Path, top: int = 20):
+    """Pairs per language after deduplication (before balancing) and kept after, log scale."""
+    items = [(lang, r) for lang, r in rows.items() if r["deduplicated"]][:top]
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(items) + 2), 4))
+    x = np.arange(len(items))
+    before = [r["deduplicated"] for _, r in items]
+    after = [r["kept"] for _, r in items]
+    ax.bar(x - 0.2, before, 0.4, color=BEFORE, label="matched (after dedup)")
+    ax.bar(x + 0.2, after, 0.4, color=AFTER, label="kept after balancing")
+    for i, (_, r) in enumerate(items):
+        if r.get("t") is not None:
+            ax.text(i, max(before[i], 1) * 1.15, f"t={r['t']:,}", ha="center", fontsize=7, color="#555")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [lang for lang, _ in items], fontsize=8)
+    ax.set_ylabel("pairs")
+    ax.set_title("Pairs per language before and after balancing (each language at its own t)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    return _save(fig, path)
+
+
 def bars(groups: list[tuple[str, dict]], path: Path, title: str, top: int = 15):
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
     for ax, (name, counts) in zip(axes[0], groups):

@@ -132,6 +132,19 @@ def write(stats: dict, plots: dict, samples: list[dict], out: Path, title: str =
                   _pct(1 - b["head_share_before"]), b["kept_total"] - round(b["head_share_after"] * b["kept_total"]),
                   _pct(1 - b["head_share_after"])]], numeric=(1, 2, 3, 4, 5))
         d.image(plots["balancing"], "per-query counts before and after balancing, log-log, with t")
+        if b.get("languages"):
+            share = b.get("tail_share_en")
+            d.para("Worldwide curation: each text was matched against its own language's list, and each language "
+                   "balanced at its own t" + (f", the one whose tail share is nearest English's ({_pct(share)} of "
+                                              f"English matches belong to queries below t = {b['t']:,})"
+                                              if share is not None else " (no English match: t for all)") + ".")
+            rows = [[lang, r["entries"], r["identified"], r["matched"], r["deduplicated"],
+                     "" if r["t"] is None else r["t"], r["kept"], _pct(r["kept"] / max(1, r["deduplicated"]))]
+                    for lang, r in b["languages"].items() if r["identified"] or r["entries"]]
+            d.table(["language", "list entries", "texts identified", "matched", "after dedup (before balancing)",
+                     "t", "kept after balancing", "kept share"], rows, numeric=(1, 2, 3, 4, 5, 6, 7))
+            if "languages" in plots:
+                d.image(plots["languages"], "pairs per language before and after balancing")
         d.para("Top queries by matches:")
         d.table(["query", "matches before", "kept after"], [[q["query"], q["matches"], q["kept"]] for q in b["top"]],
                 numeric=(1, 2))

@@ -85,6 +85,8 @@ def run(cfg: StatsConfig, log=print) -> dict:
         drawn["funnel"] = plots.funnel(stats["funnels"], out / "funnel.png")
     if "balancing" in stats:
         drawn["balancing"] = plots.balancing(stats["balancing"], out / "balancing.png")
+        if stats["balancing"].get("languages"):
+            drawn["languages"] = plots.languages(stats["balancing"]["languages"], out / "languages.png")
     groups = []
     if "sources" in stats.get("balancing", {}):
         groups.append(("pair-query matches kept, by query source",

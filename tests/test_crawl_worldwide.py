@@ -223,11 +223,11 @@ def worldwide_run(tmp_path_factory):
                       max_per_query=40, seed=3)
     stats = run(cfg, ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     pairs = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(str(tmp / "out" / "pairs-*.parquet")))])
-    return lists, stats, pairs.to_pylist(), pq.read_table(tmp / "out" / "query_counts.parquet").to_pylist()
+    return lists, stats, pairs.to_pylist(), pq.read_table(tmp / "out" / "query_counts.parquet").to_pylist(), tmp / "out"
 
 
 def test_worldwide_crawl_pairs_match_their_own_language(worldwide_run):
-    lists, stats, pairs, _ = worldwide_run
+    lists, stats, pairs, _, _ = worldwide_run
     assert len(pairs) == stats["kept"] > 100
     for r in pairs:
         lang = metadata_lang(r["lang"], "lid")
@@ -236,7 +236,7 @@ def test_worldwide_crawl_pairs_match_their_own_language(worldwide_run):
 
 
 def test_worldwide_funnel_and_thresholds(worldwide_run):
-    lists, s, pairs, query_counts = worldwide_run
+    lists, s, pairs, query_counts, _ = worldwide_run
     assert s["kept"] + sum(s["dropped"].values()) == s["input"]
     langs = s["extra"]["languages"]
     for lang, row in langs.items():
@@ -269,3 +269,17 @@ def test_worldwide_funnel_and_thresholds(worldwide_run):
     for q in query_counts:
         assert q["kept"] == sum(q["query"] in r["queries"] and metadata_lang(r["lang"], "lid") == q["lang"]
                                 for r in pairs)
+
+
+def test_stats_report_shows_each_language_before_and_after_balancing(worldwide_run, tmp_path):
+    from clipforge.stats.stage import StatsConfig, run as run_stats
+
+    _, s, _, _, pairs_dir = worldwide_run
+    stats = run_stats(StatsConfig(data=[str(pairs_dir)], out=str(tmp_path / "report")), log=lambda *a: None)
+    langs = stats["balancing"]["languages"]
+    assert langs == s["extra"]["languages"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    for lang, row in langs.items():
+        if row["deduplicated"]:
+            assert f"| {lang} | {row['entries']:,} | {row['identified']:,} | {row['matched']:,} |" in md, lang
+    assert (tmp_path / "report" / "languages.png").stat().st_size > 10_000
