@@ -347,6 +347,12 @@ def _add_demo(sub):
     g.set_defaults(func=lambda a: chain.generate(a.out, a.seed, a.size, a.port, a.heldout_per_class, a.force) and 0,
                    parser=g)
 
+    ww = acts.add_parser("worldwide", help="worldwide curation on the demo web: a list per language, crawl "
+                         "--worldwide, the per-language report (data/demo/worldwide/)", formatter_class=_formatter)
+    ww.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world directory (default: %(default)s)")
+    ww.add_argument("--fresh", action="store_true", help="rebuild the worldwide outputs")
+    ww.set_defaults(func=lambda a: chain.run_worldwide(a.world, a.fresh), parser=ww)
+
     s = acts.add_parser("serve", help="serve a demo world on loopback until Ctrl-C", formatter_class=_formatter,
                         description=HELP['demo serve'])
     s.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world directory (default: %(default)s)")
