@@ -95,9 +95,11 @@ class Curve:
         self.n, self.sizes, self.plot_path = n_samples, sizes, plot
         self.times = {}       # (size, workers, side) -> [seconds]
         self.seen = {}        # (size, workers, side) -> samples of the last run
+        self.loads = []       # 1-minute load average before each run: other work on the machine shows here
 
     def timed(self, key, fn):
         def run():
+            self.loads.append(load_average())
             t = time.perf_counter()
             count = fn()
             self.times.setdefault(key, []).append(time.perf_counter() - t)
@@ -131,7 +133,9 @@ class Curve:
         lines = [f"Samples/s of one epoch over {self.n:,} samples (batch {BATCH}, 224 px random resized crop, "
                  f"CLIP normalisation, BPE tokens; worker start-up included) against loader worker processes, "
                  f"on this machine's {cpus()} cores; each row of the table below is one worker count, ratio "
-                 f"= open_clip's time / clipforge's. ![loader throughput against workers](bench/loader.png)", ""]
+                 f"= open_clip's time / clipforge's. The 1-minute load average before the runs ranged "
+                 f"{min(self.loads):.1f}-{max(self.loads):.1f} (the runs' own work included). "
+                 f"![loader throughput against workers](bench/loader.png)", ""]
         for size in self.sizes:
             one, peer_one = self.rate(size, 1, "ours"), self.rate(size, 1, "peer")
             if one is None or peer_one is None:
@@ -169,6 +173,13 @@ class Curve:
         fig.tight_layout()
         fig.savefig(self.plot_path, dpi=90)
         plt.close(fig)
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 _H100 = {}
