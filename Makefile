@@ -35,6 +35,7 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
+	@pkg-config --exists icu-uc || { echo "setup: ICU's headers are missing (PyICU compiles against them): apt-get install libicu-dev pkg-config" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
 	$(BIN)/python -m pip install -q $(TORCH)

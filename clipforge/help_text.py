@@ -22,11 +22,26 @@ BEAM_HELP = ("Beam's own flags pass through: without --runner the stage runs on 
 # Each command's description, as --help prints it (RawDescriptionHelpFormatter: the line breaks are kept).
 HELP = {
     'queries': """\
-Build the query list CLIP describes: words occurring at least --min-count times in
-the corpus, bigrams with PMI >= --min-pmi (PMI = log2(N*c(ab)/(c(a)*c(b))), N = word
-tokens), Wikipedia titles with at least --min-views page views, WordNet lemmas, and
-entries of an existing metadata.json. Writes queries.parquet, metadata.json (MetaCLIP's
-format) and queries_stats.json to --out.
+Build the query list CLIP describes, one list per language: words occurring at least
+--min-count times in the corpus, bigrams with PMI >= --min-pmi (PMI = log2(N*c(ab)/(c(a)*c(b))),
+N = the language's word tokens), Wikipedia titles with at least --min-views page views,
+WordNet lemmas, and entries of an existing metadata.json. Writes queries.parquet (with each
+entry's lang), metadata/{lang}.json (MetaCLIP 2's layout), metadata.json (MetaCLIP's format;
+when one language is built) and queries_stats.json to --out.
+
+Languages: a dump's from its <dbname> (dewiki), pageview lines' from their project code
+(de, de.m), WN-LMF lexicons' from their language attribute, LANG=PATH for --text and
+--metadata (or a folder of {lang}.json); --langs chooses which are built (default en).
+Chinese, Japanese, Thai, Khmer, Lao and Myanmar are segmented with ICU's word breaker and
+their bigrams written joined; Tibetan and Dzongkha split at the tsheg.
+
+Rule sets (--rules): clip (default) as above; note that bigrams first need --min-bigram-count
+occurrences (default --min-count), and on a Wikipedia-sized corpus no bigram that frequent
+reaches PMI 30, so lower --min-pmi or use metaclip1 (the same, no minimum bigram count) or
+metaclip2 (per language: unigrams top 10% by count, at most 251,465; bigrams with PMI above
+--min-pmi top by PMI, 40% of the kept unigrams, at most 100,646; titles top 76% by views,
+at most 61,235; WordNet all; entries of punctuation only or over 256 characters dropped).
+queries_stats.json names the rule set and, per language, the caps applied.
 
 With no inputs it builds the demo web's list (generating the demo web if needed).""",
     'crawl': """\

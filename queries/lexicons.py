@@ -72,20 +72,26 @@ class _Refused(Exception):
     pass
 
 
-def wn_lmf_lemmas(fileobj, source="wordnet.xml"):
+def wn_lmf_lemmas(fileobj, source="wordnet.xml", with_lang=False):
     """Lemmas of a WN-LMF XML lexicon read from a binary file object, streamed through expat
-    (only Lemma elements are looked at, nothing is kept). Entity declarations, nesting past
-    MAX_XML_DEPTH and tokens longer than MAX_XML_TOKEN_BYTES are refused."""
+    (only Lexicon and Lemma elements are looked at, nothing is kept). With ``with_lang``:
+    (language, lemma) pairs, the language being the enclosing Lexicon's ``language`` attribute
+    as written (None when it has none). Entity declarations, nesting past MAX_XML_DEPTH and
+    tokens longer than MAX_XML_TOKEN_BYTES are refused."""
     parser = expat.ParserCreate(namespace_separator="}")
-    found, state = [], {"depth": 0, "mark": 0}
+    found, state = [], {"depth": 0, "mark": 0, "lang": None}
 
     def start(name, attrs):
         state["mark"] = parser.CurrentByteIndex
         state["depth"] += 1
         if state["depth"] > MAX_XML_DEPTH:
             raise _Refused(f"elements nest deeper than {MAX_XML_DEPTH}")
-        if name.rsplit("}", 1)[-1] == "Lemma":
-            found.append(_lemma(attrs.get("writtenForm")))
+        local = name.rsplit("}", 1)[-1]
+        if local == "Lemma":
+            lemma = _lemma(attrs.get("writtenForm"))
+            found.append((state["lang"], lemma) if with_lang else lemma)
+        elif local in ("Lexicon", "LexiconExtension"):
+            state["lang"] = attrs.get("language")
 
     def end(name):
         state["mark"] = parser.CurrentByteIndex
@@ -137,11 +143,13 @@ def nltk_lemmas():
             yield _lemma(name)
 
 
-def wordnet_lemmas(path):
-    """Lemmas of one WordNet source (a file name or URL, or "nltk"), by its format."""
+def wordnet_lemmas(path, with_lang=False):
+    """Lemmas of one WordNet source (a file name or URL, or "nltk"), by its format. With
+    ``with_lang``: (language, lemma) pairs, the language as the source names it (WN-LMF: each
+    Lexicon's ``language`` attribute; Open English WordNet's YAML and NLTK's: "en")."""
     fmt = wordnet_format(path)
     if fmt == "nltk":
-        yield from nltk_lemmas()
+        yield from ((("en", x) for x in nltk_lemmas()) if with_lang else nltk_lemmas())
         return
     kind = compression(path)
     if kind == "gz" and _head(path, 2) != b"\x1f\x8b":
@@ -152,7 +160,7 @@ def wordnet_lemmas(path):
         raise LexiconError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     with stream:
         if fmt == "wn-lmf":
-            yield from wn_lmf_lemmas(stream, path)
+            yield from wn_lmf_lemmas(stream, path, with_lang)
             return
         try:
             data = stream.read(MAX_WORDNET_YAML_BYTES + 1)
@@ -163,7 +171,8 @@ def wordnet_lemmas(path):
     if len(data) > MAX_WORDNET_YAML_BYTES:
         raise LexiconError(f"{path}: larger than {MAX_WORDNET_YAML_BYTES:,} bytes (refused: an Open English "
                            "WordNet YAML source file is a few MB; it is parsed whole)")
-    yield from oewn_yaml_lemmas(data, path)
+    lemmas = oewn_yaml_lemmas(data, path)
+    yield from ((("en", x) for x in lemmas) if with_lang else lemmas)
 
 
 def _head(path, n):
@@ -173,6 +182,14 @@ def _head(path, n):
             return stream.read(n)
     except READ_ERRORS as e:
         raise LexiconError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def pageview_fields(line):
+    """(domain code, title, views) of a pageview line; raises ValueError if malformed."""
+    parts = line.rstrip("\r\n").split(" ")
+    if len(parts) != 4:
+        raise ValueError(f"expected 4 space-separated fields, got {len(parts)}")
+    return parts[0], parts[1], int(parts[2])
 
 
 def parse_pageview_line(line, domains):

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 
@@ -54,10 +55,17 @@ from clipforge.queries import lexicons, tokens
 from clipforge.queries.inflate import CHUNK, READ_ERRORS, OverBudget, open_input
 from clipforge.queries.prose_worker import ProseParser
 from clipforge.queries.wikidump import DumpError, PageError, iter_pages, markup_cost
+from clipforge.schemas.languages import metadata_lang
 from clipforge.schemas.records import QUERY
 from clipforge.schemas.validate import validate_table
 
 PRIORITY = {"metadata": 0, "wordnet": 1, "unigram": 2, "bigram": 3, "title": 4}
+RULES = ("clip", "metaclip1", "metaclip2")
+# MetaCLIP 2's ranked caps per language: (numerator, denominator, most): keep the first
+# min(most, ceil(available * numerator / denominator)) by rank. Bigrams: of the language's
+# *kept* unigram count, among those with PMI above --min-pmi. WordNet and imported lists: all.
+METACLIP2_CAPS = {"unigram": (10, 100, 251_465), "bigram": (40, 100, 100_646), "title": (76, 100, 61_235)}
+METACLIP2_MAX_ENTRY_CHARS = 256
 COUNT_SHARDS = 16  # per-element counts are summed per shard before the stage's total
 PMI_SHARDS = 64  # bigrams are scored in this many groups, each with its own copy of N
 RANK_SHARDS = 4  # the list is cut to max_entries in this many groups, then once more
@@ -77,14 +85,47 @@ class QueriesConfig:
     min_bigram_count: int = None  # None: same as min_count
     min_pmi: float = 30.0
     min_views: int = 70
-    max_entries: int = 500_000  # 0: no cap
-    pageview_domains: tuple = ("en", "en.m")
+    max_entries: int = None  # per language; 0: no cap; None: 500,000 (clip, metaclip1) or 0 (metaclip2)
+    pageview_domains: tuple = ()  # only these domain codes, when given; else every Wikipedia of the languages
+    rules: str = "clip"  # clip | metaclip1 | metaclip2
+    langs: tuple = ("en",)  # the languages built; None or "all": every language the inputs have
+    default_lang: str = "en"  # the language of inputs that name none (plain --text, --metadata paths)
+    input_langs: dict = field(default_factory=dict)  # path -> language, for dumps, text files and lists
+    caps: dict = None  # metaclip2's (numerator, denominator, most) per source; None: METACLIP2_CAPS
     max_page_chars: int = MAX_WIKI_PAGE_CHARS  # longer pages (and --text lines) are skipped, counted
     max_page_markup: int = MAX_WIKI_PAGE_MARKUP  # pages with more markup characters are skipped, counted
 
     def __post_init__(self):
-        if self.min_bigram_count is None:
-            self.min_bigram_count = self.min_count
+        if self.rules not in RULES:
+            raise ValueError(f"unknown rule set {self.rules!r} (one of {', '.join(RULES)})")
+        if self.min_bigram_count is None:  # CLIP: the unigram minimum; MetaCLIP: no minimum
+            self.min_bigram_count = self.min_count if self.rules == "clip" else 1
+        if self.max_entries is None:
+            self.max_entries = 0 if self.rules == "metaclip2" else 500_000
+        if isinstance(self.langs, str):  # "all" (None: every language the inputs have) or "de,fr"
+            self.langs = None if self.langs.strip() == "all" else [x.strip() for x in self.langs.split(",")]
+        if self.langs is not None:
+            self.langs = tuple(self.langs)
+        self.caps = {**METACLIP2_CAPS, **(self.caps or {})}
+
+    def lang_of(self, path):
+        return self.input_langs.get(path, self.default_lang)
+
+    def wants(self, lang):
+        return lang is not None and (self.langs is None or lang in self.langs)
+
+
+def cap_of(source, available, kept_unigrams=None, caps=METACLIP2_CAPS):
+    """MetaCLIP 2's cap for ``source`` in a language with ``available`` candidates (bigrams: of
+    the language's kept unigram count)."""
+    num, den, most = caps[source]
+    base = kept_unigrams if source == "bigram" else available
+    return min(most, (base * num + den - 1) // den)
+
+
+def lang_counts(counts, lang):
+    """``counts`` plus a copy of each under ``lang.<lang>.<name>`` (the per-language funnel)."""
+    return {**counts, **{f"lang.{lang}.{k}": v for k, v in counts.items()}}
 
 
 def pmi(n_tokens, c_ab, c_a, c_b):
@@ -190,40 +231,42 @@ def _broken(path, e):
 
 
 class _Tally:
-    """Word and bigram counts of the documents of one work item, in a dictionary that is
-    flushed (as tagged ("words" | "bigrams", (token, count)) pairs) whenever it holds
-    ``max_keys`` entries, so memory is bounded whatever the input."""
+    """Word and bigram counts of the documents of one work item (one language), in a dictionary
+    that is flushed (as tagged ("words", ((lang, word), count)) and ("bigrams", ((lang, a, b),
+    count)) pairs) whenever it holds ``max_keys`` entries, so memory is bounded whatever the
+    input."""
 
-    def __init__(self, max_keys):
-        self.max_keys = max_keys
+    def __init__(self, max_keys, lang="en"):
+        self.max_keys, self.lang = max_keys, lang
         self.uni, self.bi = {}, {}
         self.documents = self.tokens = 0
 
     def add(self, doc):
         self.documents += 1
         uni, bi = self.uni, self.bi
-        words = tokens.unigrams(doc)
+        words, pairs = tokens.words_and_pairs(doc, self.lang)
         self.tokens += len(words)
         for w in words:
             uni[w] = uni.get(w, 0) + 1
-        for b in tokens.bigrams(doc):
+        for b in pairs:
             bi[b] = bi.get(b, 0) + 1
         if len(uni) + len(bi) > self.max_keys:
             yield from self.flush()
 
     def flush(self):
-        for kv in self.uni.items():
-            yield "words", kv
-        for kv in self.bi.items():
-            yield "bigrams", kv
+        lang = self.lang
+        for w, c in self.uni.items():
+            yield "words", ((lang, w), c)
+        for (a, b), c in self.bi.items():
+            yield "bigrams", ((lang, a, b), c)
         self.uni, self.bi = {}, {}
 
     def counts(self):
-        return {"documents": self.documents, "tokens": self.tokens}
+        return lang_counts({"documents": self.documents, "tokens": self.tokens}, self.lang)
 
 
 class ReadCorpus(beam.DoFn):
-    """A work item of the corpus, ("wiki", path, 0, None) or ("text", path, start, end) -> the
+    """A work item of the corpus, ("wiki", path, 0, None, lang) or ("text", path, start, end, lang) -> the
     word and bigram counts of its documents (tagged "words", "bigrams"), then one tagged
     "counts" dictionary. One DoFn for both kinds, over one Create: the local runner then fuses
     reading, counting and the combiners' first step (a Flatten of two readers would make it
@@ -236,20 +279,21 @@ class ReadCorpus(beam.DoFn):
         self.max_page_chars, self.max_page_markup = max_page_chars, max_page_markup
 
     def process(self, work):
-        kind, path, start, end = work
+        kind, path, start, end, lang = work
         if kind == "wiki":
             return read_wiki(path, self.sizes.get(path) or 0, self.max_keys, self.max_page_chars,
-                             self.max_page_markup)
-        return read_text(path, start, end, self.max_keys, self.max_page_chars)
+                             self.max_page_markup, lang=lang)
+        return read_text(path, start, end, self.max_keys, self.max_page_chars, lang=lang)
 
 
-def corpus_work(wiki, text, sizes=None):
-    """The corpus's work items: one per dump file, one per text range."""
-    return [("wiki", path, 0, None) for path in sorted(wiki)] + \
-        [("text", path, start, end) for path, start, end in text_ranges(text, sizes)]
+def corpus_work(wiki, text, sizes=None, lang_of=lambda path: "en"):
+    """The corpus's work items: one per dump file, one per text range, each with its language."""
+    return [("wiki", path, 0, None, lang_of(path)) for path in sorted(wiki)] + \
+        [("text", path, start, end, lang_of(path)) for path, start, end in text_ranges(text, sizes)]
 
 
-def read_wiki(path, size, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS, max_page_markup=MAX_WIKI_PAGE_MARKUP):
+def read_wiki(path, size, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS, max_page_markup=MAX_WIKI_PAGE_MARKUP,
+              lang="en"):
     """The articles of one dump, as ``ReadCorpus`` gives them; redirects and other namespaces
     counted and skipped, pages over a cap or that the wikitext parser fails on counted under
     their reason (``PAGE_SKIP_REASONS``) and skipped, a dump that breaks off or inflates past its
@@ -257,7 +301,7 @@ def read_wiki(path, size, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS, max_page
     start = last = time.monotonic()
     n = 0
     name = os.path.basename(path)
-    tally = _Tally(max_keys)
+    tally = _Tally(max_keys, lang)
     counts = {"wiki_pages": 0, "wiki_redirects_skipped": 0, "wiki_non_article_skipped": 0,
               "wiki_files_broken": 0, "wiki_files_over_budget": 0, "wiki_wikitext_bytes": 0, "prose_bytes": 0,
               **{f"wiki_{r}": 0 for r in PAGE_SKIP_REASONS}}
@@ -322,12 +366,12 @@ def _progress(name, n, pos, size, elapsed, done=False):
                  name, n, 100 * pos / size, size / 1e6, rate, eta)
 
 
-def read_text(path, start, end, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS):
+def read_text(path, start, end, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS, lang="en"):
     """The lines of one text range (one document a line), as ``ReadCorpus`` gives them. Lines
     that are not UTF-8 are read with replacement characters, and reported; lines longer than
     ``max_page_chars`` are counted and skipped; a file that cannot be read on is counted (its
     lines before the break kept)."""
-    tally = _Tally(max_keys)
+    tally = _Tally(max_keys, lang)
     not_utf8 = 0
     counts = {"text_lines_too_large": 0, "text_files_broken": 0, "text_files_over_budget": 0}
     try:
@@ -354,131 +398,194 @@ def read_text(path, start, end, max_keys, max_page_chars=MAX_WIKI_PAGE_CHARS):
 
 
 class ReadPageviews(beam.DoFn):
-    """path of a pageviews file -> partial (title, views) sums of its lines (tagged "views"),
-    then one tagged "counts" dictionary; malformed lines are counted and skipped."""
+    """path of a pageviews file -> partial ((lang, title), views) sums of its lines (tagged
+    "views"), then one tagged "counts" dictionary. A line's language is its project code's
+    (``metadata_lang(code, "pageviews")``); lines of other projects (Wiktionary, Commons, ...), of
+    languages not built, or (with ``domains``) of codes not listed are counted and skipped, as are
+    malformed lines."""
 
-    def __init__(self, domains, max_keys=200_000):
+    def __init__(self, domains, langs, max_keys=200_000):
         self.domains = frozenset(domains)
+        self.langs = None if langs is None else frozenset(langs)
         self.max_keys = max_keys
 
     def process(self, path):
-        views = {}
-        lines = malformed = 0
+        views, langs = {}, {}
+        lines = malformed = other_project = other_language = not_listed = 0
         counts = {"pageview_files_broken": 0, "pageview_files_over_budget": 0}
         try:
             for raw in read_lines(path, max_bytes=MAX_PAGEVIEW_LINE_BYTES):
                 try:
                     if raw is None:
                         raise ValueError("line too long")
-                    parsed = lexicons.parse_pageview_line(raw.decode("utf-8"), self.domains)
+                    domain, title, n = lexicons.pageview_fields(raw.decode("utf-8"))
                 except ValueError:  # UnicodeDecodeError included
                     malformed += 1
                     continue
                 lines += 1
-                if parsed is not None:
-                    title, n = parsed
-                    views[title] = views.get(title, 0) + n
-                    if len(views) > self.max_keys:
-                        yield from (("views", kv) for kv in views.items())
-                        views = {}
+                if self.domains and domain not in self.domains:
+                    not_listed += 1
+                    continue
+                lang = langs.get(domain, "")
+                if lang == "":
+                    lang = langs[domain] = metadata_lang(domain, "pageviews") if len(langs) < 10_000 else None
+                if lang is None:
+                    other_project += 1
+                    continue
+                if self.langs is not None and lang not in self.langs:
+                    other_language += 1
+                    continue
+                key = (lang, title)
+                views[key] = views.get(key, 0) + n
+                if len(views) > self.max_keys:
+                    yield from (("views", kv) for kv in views.items())
+                    views = {}
         except READ_ERRORS as e:
             counts["pageview_files_broken"] += 1
             if _broken(path, e) == "over_budget":
                 counts["pageview_files_over_budget"] += 1
         yield from (("views", kv) for kv in views.items())
-        yield "counts", {"pageview_lines": lines, "pageview_lines_malformed": malformed, **counts}
+        yield "counts", {"pageview_lines": lines, "pageview_lines_malformed": malformed,
+                         "pageview_lines_other_project": other_project,
+                         "pageview_lines_other_language": other_language,
+                         "pageview_lines_domain_not_listed": not_listed, **counts}
 
 
 class ReadLemmas(beam.DoFn):
-    """A WordNet source -> its lemmas (tagged "lemmas"), then one tagged "counts" dictionary; a
+    """A WordNet source -> its (lang, lemma) pairs (tagged "lemmas"; the language of each
+    WN-LMF lexicon by its ``language`` attribute), then one tagged "counts" dictionary. Lemmas of
+    languages not built, or of a lexicon that names no language, are counted and skipped; a
     source that cannot be read on (the launcher checked it whole, so it changed since) is
     counted, its lemmas before the break kept."""
 
+    def __init__(self, langs):
+        self.langs = None if langs is None else frozenset(langs)
+
     def process(self, path):
-        broken = 0
+        broken = other = unnamed = 0
         try:
-            for lemma in lexicons.wordnet_lemmas(path):
-                yield "lemmas", lemma
+            for code, lemma in lexicons.wordnet_lemmas(path, with_lang=True):
+                lang = metadata_lang(code, "wordnet")
+                if lang is None:
+                    unnamed += 1
+                elif self.langs is not None and lang not in self.langs:
+                    other += 1
+                else:
+                    yield "lemmas", (lang, lemma)
         except lexicons.LexiconError as e:
             broken = 1
             log.warning("%s (its lemmas before the break are kept)", e)
-        yield "counts", {"wordnet_files_broken": broken}
+        yield "counts", {"wordnet_files_broken": broken, "wordnet_lemmas_other_language": other,
+                         "wordnet_lemmas_no_language": unnamed}
 
 
-def _metadata_entries(path):
+def _metadata_entries(item):
+    lang, path = item
     for i, entry in enumerate(lexicons.read_metadata_file(path)):
-        yield entry, i
+        yield (lang, entry), i
 
 
 # --- sources -> candidates: each step is fn(element, ...) -> (records, counts) ----------------
+# Every key carries its language: (lang, word), (lang, a, b), (lang, title), (lang, query).
 
-def _candidate(query, source, order, counts, count=None, pmi_=None):
-    """[(query, (priority, order, source, count, pmi))], or [] (counted) when the entry is empty."""
+def _punctuation_only(entry):
+    return all(unicodedata.category(ch)[0] in "PSZ" for ch in entry)
+
+
+def _candidate(lang, query, source, order, counts, count=None, pmi_=None, rules="clip"):
+    """[((lang, query), (priority, order, source, count, pmi))], or [] (counted) when the entry is
+    empty or a punctuation mark (MetaCLIP 2: punctuation only, or longer than 256 characters)."""
     cleaned = tokens.clean_entry(query)
+    reason = None
     if cleaned is None:
-        counts["drop_empty_or_punctuation"] = counts.get("drop_empty_or_punctuation", 0) + 1
+        reason = "drop_empty_or_punctuation"
+    elif rules == "metaclip2" and _punctuation_only(cleaned):
+        reason = "drop_empty_or_punctuation"
+    elif rules == "metaclip2" and len(cleaned) > METACLIP2_MAX_ENTRY_CHARS:
+        reason = "drop_over_max_entry_chars"
+    if reason:
+        counts[reason] = counts.get(reason, 0) + 1
+        counts[f"lang.{lang}.{reason}"] = counts.get(f"lang.{lang}.{reason}", 0) + 1
         return []
-    return [(cleaned, (PRIORITY[source], order, source, count, pmi_))]
+    return [((lang, cleaned), (PRIORITY[source], order, source, count, pmi_))]
 
 
-def _unigram(kv, min_count):
-    word, c = kv
-    counts = {"in_unigram": 1}
+def _unigram(kv, min_count, rules):
+    """((lang, word), count) -> a candidate when frequent enough (clip, metaclip1), or a ranked
+    row (lang, (-count, word, count)) for the language's cap (metaclip2)."""
+    (lang, word), c = kv
+    counts = lang_counts({"in_unigram": 1}, lang)
+    if rules == "metaclip2":
+        return [(lang, (-c, word, c))], counts
     if c < min_count:
-        counts["drop_below_min_count"] = 1
+        counts.update(lang_counts({"drop_below_min_count": 1}, lang))
         return [], counts
-    return _candidate(word, "unigram", -c, counts, c), counts
+    return _candidate(lang, word, "unigram", -c, counts, c), counts
 
 
 def _bigram_prefilter(kv, min_bigram_count):
-    """(bigram, count) -> (first word, (bigram, count)) when frequent enough."""
-    counts = {"in_bigram": 1}
-    if kv[1] < min_bigram_count:
-        counts["drop_below_min_bigram_count"] = 1
+    """((lang, a, b), count) -> ((lang, a), (b, count)) when frequent enough."""
+    (lang, a, b), c = kv
+    counts = lang_counts({"in_bigram": 1}, lang)
+    if c < min_bigram_count:
+        counts.update(lang_counts({"drop_below_min_bigram_count": 1}, lang))
         return [], counts
-    return [(kv[0].split(" ", 1)[0], kv)], counts
+    return [((lang, a), (b, c))], counts
 
 
 def _attach_first(item):
-    """(first word, {"bigrams": ..., "unigram": ...}) -> (second word, (bigram, c_ab, c_a))."""
-    word, grouped = item
+    """((lang, a), {"bigrams": [(b, c_ab)], "unigram": [c_a]}) -> ((lang, b), (a, c_ab, c_a))."""
+    (lang, a), grouped = item
     c_a = next(iter(grouped["unigram"]), None)
-    for bigram, c_ab in grouped["bigrams"]:
-        yield bigram.split(" ", 1)[1], (bigram, c_ab, c_a)
+    for b, c_ab in grouped["bigrams"]:
+        yield (lang, b), (a, c_ab, c_a)
 
 
 def _attach_second(item):
-    """(second word, {"bigrams": ..., "unigram": ...}) -> (shard, ("bigram", (bigram, c_ab, c_a, c_b)))."""
-    word, grouped = item
+    """((lang, b), {"bigrams": ..., "unigram": [c_b]}) -> ((lang, shard), ("bigram", (a, b, c_ab, c_a, c_b)))."""
+    (lang, b), grouped = item
     c_b = next(iter(grouped["unigram"]), None)
-    for bigram, c_ab, c_a in grouped["bigrams"]:
-        yield _shard(bigram, PMI_SHARDS), ("bigram", (bigram, c_ab, c_a, c_b))
+    for a, c_ab, c_a in grouped["bigrams"]:
+        yield (lang, _shard(f"{a} {b}", PMI_SHARDS)), ("bigram", (a, b, c_ab, c_a, c_b))
 
 
-def _tokens_to_shards(n_tokens):
-    return [(i, ("n", n_tokens)) for i in range(PMI_SHARDS)]
+def _tokens_to_shards(kv):
+    lang, n_tokens = kv
+    return [((lang, i), ("n", n_tokens)) for i in range(PMI_SHARDS)]
 
 
-def _score_shard(item, min_pmi):
-    """(shard, [("n", N), ("bigram", ...), ...]) -> tagged candidates, one "counts" dictionary
-    and one "pmi" summary {min, max, sum, count} of the PMI values in thousandths."""
-    _, values = item
+def _lang_tokens(counts):
+    """A corpus "counts" dictionary -> (lang, tokens) for each language it counted."""
+    return [(k.split(".")[1], v) for k, v in counts.items() if k.startswith("lang.") and k.endswith(".tokens")]
+
+
+def _score_shard(item, min_pmi, rules):
+    """((lang, shard), [("n", N), ("bigram", ...), ...]) -> tagged candidates ("records"; for
+    metaclip2 ranked rows (lang, (-pmi, bigram, count, pmi)) above ``min_pmi``), one "counts"
+    dictionary and one "pmi" summary {min, max, sum, count} of the PMI values in thousandths."""
+    (lang, _), values = item
     n_tokens = next((v for tag, v in values if tag == "n"), None)
     counts, lo, hi, total, scored = {}, None, None, 0, 0
+    drop = f"lang.{lang}.drop_below_min_pmi"
     for tag, v in values:  # a second pass over the group: N first, then the bigrams
         if tag != "bigram":
             continue
-        bigram, c_ab, c_a, c_b = v
+        a, b, c_ab, c_a, c_b = v
         value = pmi(n_tokens, c_ab, c_a, c_b)
         milli = int(value * 1000)
         lo = milli if lo is None else min(lo, milli)
         hi = milli if hi is None else max(hi, milli)
         total += milli
         scored += 1
-        if value < min_pmi:
+        if value < min_pmi or (rules == "metaclip2" and value <= min_pmi):  # MetaCLIP 2: above
             counts["drop_below_min_pmi"] = counts.get("drop_below_min_pmi", 0) + 1
+            counts[drop] = counts.get(drop, 0) + 1
             continue
-        for cand in _candidate(bigram, "bigram", -value, counts, c_ab, value):
+        bigram = tokens.join_bigram(a, b, lang)
+        if rules == "metaclip2":
+            yield "records", (lang, (-value, bigram, c_ab, value))
+            continue
+        for cand in _candidate(lang, bigram, "bigram", -value, counts, c_ab, value):
             yield "records", cand
     if scored:
         yield "counts", counts
@@ -508,39 +615,112 @@ class _PmiSummary(beam.CombineFn):
         return acc
 
 
-def _title(kv, min_views):
-    title, views = kv
-    counts = {"in_title": 1}
+def _title(kv, min_views, rules):
+    (lang, title), views = kv
+    counts = lang_counts({"in_title": 1}, lang)
     if ":" in title:
-        counts["drop_title_has_colon"] = 1
+        counts.update(lang_counts({"drop_title_has_colon": 1}, lang))
         return [], counts
+    if rules == "metaclip2":
+        return [(lang, (-views, title.replace("_", " "), views))], counts
     if views < min_views:
-        counts["drop_below_min_views"] = 1
+        counts.update(lang_counts({"drop_below_min_views": 1}, lang))
         return [], counts
-    return _candidate(title.replace("_", " "), "title", -views, counts, views), counts
+    return _candidate(lang, title.replace("_", " "), "title", -views, counts, views), counts
 
 
-def _wordnet(lemma):
-    counts = {"in_wordnet": 1}
-    return _candidate(lemma, "wordnet", 0, counts), counts
+def _wordnet(item, rules):
+    lang, lemma = item
+    counts = lang_counts({"in_wordnet": 1}, lang)
+    return _candidate(lang, lemma, "wordnet", 0, counts, rules=rules), counts
 
 
-def _metadata(kv):
-    entry, index = kv
-    counts = {"in_metadata": 1}
-    return _candidate(entry, "metadata", index, counts), counts
+def _metadata(kv, rules):
+    (lang, entry), index = kv
+    counts = lang_counts({"in_metadata": 1}, lang)
+    return _candidate(lang, entry, "metadata", index, counts, rules=rules), counts
+
+
+class _TopCap(beam.CombineFn):
+    """Ranked rows of one language -> (number of rows, the first ``most`` by rank). Accumulators
+    are [count, at most 2 * most rows]: memory follows the cap, not the input."""
+
+    def __init__(self, most):
+        self.most = most
+
+    def _trim(self, rows):
+        if len(rows) > 2 * self.most:
+            rows.sort()
+            del rows[self.most:]
+        return rows
+
+    def create_accumulator(self):
+        return [0, []]
+
+    def add_input(self, acc, row):
+        acc[0] += 1
+        acc[1].append(row)
+        self._trim(acc[1])
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = [0, []]
+        for n, rows in accs:
+            out[0] += n
+            out[1].extend(rows)
+            self._trim(out[1])
+        return out
+
+    def extract_output(self, acc):
+        n, rows = acc
+        return n, sorted(rows)[: self.most]
+
+
+def _cut(item, source, rules, caps):
+    """(lang, (available, ranked rows)) -> the first cap_of(source, available) as candidates;
+    the rest counted over the cap."""
+    lang, (n, rows) = item
+    cap = cap_of(source, n, caps=caps)
+    counts = lang_counts({"drop_over_rank_cap": n - min(cap, len(rows))}, lang)
+    counts[f"lang.{lang}.available_{source}"] = n
+    counts[f"lang.{lang}.cap_{source}"] = cap
+    out = []
+    for order, query, c in rows[:cap]:
+        out.extend(_candidate(lang, query, source, order, counts, c, rules=rules))
+    return out, counts
+
+
+def _cut_bigrams(item, rules, caps):
+    """(lang, {"bigrams": [(available, rows)], "unigrams": [kept unigram count]}) -> the first
+    cap_of("bigram", ..., kept unigrams) bigrams as candidates; the rest counted over the cap."""
+    lang, grouped = item
+    kept_uni = sum(grouped["unigrams"])
+    out, counts = [], {}
+    for n, rows in grouped["bigrams"]:
+        cap = cap_of("bigram", n, kept_uni, caps)
+        counts = lang_counts({"drop_over_rank_cap": n - min(cap, len(rows))}, lang)
+        counts[f"lang.{lang}.available_bigram"] = n
+        counts[f"lang.{lang}.cap_bigram"] = cap
+        for order, bigram, c, value in rows[:cap]:
+            out.extend(_candidate(lang, bigram, "bigram", order, counts, c, value, rules=rules))
+    return out, counts
+
+
+def _kept_unigrams(item, caps):
+    lang, (n, rows) = item
+    return lang, min(cap_of("unigram", n, caps=caps), len(rows))
 
 
 def _merge(item):
-    """One query, several candidates: the highest-priority source wins. The row is
-    (priority, order, query, source, count, pmi); its first three fields rank it."""
-    query, cands = item
+    """One (lang, query), several candidates: the highest-priority source wins. The row is
+    (lang, (priority, order, query, source, count, pmi)); its first three fields rank it."""
+    (lang, query), cands = item
     cands = sorted(cands, key=lambda c: (c[0], c[1]))
-    counts = {"merged": 1}
+    counts = lang_counts({"merged": 1}, lang)
     if len(cands) > 1:
-        counts["drop_duplicate_of_higher_priority"] = len(cands) - 1
+        counts.update(lang_counts({"drop_duplicate_of_higher_priority": len(cands) - 1}, lang))
     priority, order, source, count, pmi_ = cands[0]
-    return [(priority, order, query, source, count, pmi_)], counts
+    return [(lang, (priority, order, query, source, count, pmi_))], counts
 
 
 class _Classify(beam.DoFn):
@@ -617,29 +797,72 @@ class _Smallest(beam.CombineFn):
         return acc[: self.n] if self.n else acc
 
 
-def _rank_shard(row):
-    return _shard(row[2], RANK_SHARDS), row
+def _rank_shard(item):
+    lang, row = item
+    return (lang, _shard(row[2], RANK_SHARDS)), row
 
 
-class WriteOutputs(beam.DoFn):
-    """The ranked list -> queries.parquet and metadata.json (through Beam's filesystems), and
-    the kept counts."""
+def _lang_of_shard(item):
+    (lang, _), rows = item
+    return lang, rows
+
+
+def metadata_json(queries):
+    """A list's metadata.json bytes (MetaCLIP's format)."""
+    return (json.dumps(list(queries), ensure_ascii=False, indent=0) + "\n").encode("utf-8")
+
+
+class WriteLanguage(beam.DoFn):
+    """(lang, ranked rows) -> metadata/{lang}.json and a part of queries.parquet (a file of its
+    own, joined by ``WriteOutputs``); yields (lang, part path, kept counts)."""
 
     def __init__(self, out):
         self.out = out
 
-    def process(self, rows):
+    def process(self, item):
+        lang, rows = item
         rows = sorted(rows, key=_rank_key)
         counts = {"kept": len(rows)}
         for r in rows:
             counts[f"kept_{r[3]}"] = counts.get(f"kept_{r[3]}", 0) + 1
         table = validate_table(pa.Table.from_pylist(
-            [{"query": q, "source": s, "count": c, "pmi": p} for _, _, q, s, c, p in rows], schema=QUERY), QUERY)
+            [{"query": q, "source": s, "count": c, "pmi": p, "lang": lang} for _, _, q, s, c, p in rows],
+            schema=QUERY), QUERY)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        _write(FileSystems.join(self.out, "queries.parquet"), buf.getvalue())
-        _write(FileSystems.join(self.out, "metadata.json"),
-               (json.dumps([r[2] for r in rows], ensure_ascii=False, indent=0) + "\n").encode("utf-8"))
+        part = FileSystems.join(self.out, f".queries-part-{lang}.parquet")
+        _write(part, buf.getvalue())
+        _write(FileSystems.join(self.out, "metadata", f"{lang}.json"), metadata_json(r[2] for r in rows))
+        yield lang, part, lang_counts(counts, lang)
+
+
+class WriteOutputs(beam.DoFn):
+    """Every language's (lang, part, counts) -> queries.parquet (the parts in language order, one
+    row group each, read one at a time), metadata.json when the run builds one language (a
+    copy of metadata/{lang}.json), and the kept counts."""
+
+    def __init__(self, out, single):
+        self.out, self.single = out, single
+
+    def process(self, parts):
+        parts = sorted(parts)
+        counts = {}
+        path = FileSystems.join(self.out, "queries.parquet")
+        tmp = path + ".tmp"
+        with FileSystems.create(tmp) as f:
+            writer = pq.ParquetWriter(f, QUERY, compression="zstd")
+            for lang, part, c in parts:
+                for k, v in c.items():
+                    counts[k] = counts.get(k, 0) + v
+                with FileSystems.open(part) as g:
+                    writer.write_table(pq.read_table(io.BytesIO(g.read())))
+            writer.close()
+        FileSystems.rename([tmp], [path])
+        if self.single or len(parts) == 1:
+            lang = parts[0][0]
+            with FileSystems.open(FileSystems.join(self.out, "metadata", f"{lang}.json")) as g:
+                _write(FileSystems.join(self.out, "metadata.json"), g.read())
+        FileSystems.delete([part for _, part, _ in parts])
         yield counts
 
 
@@ -661,22 +884,29 @@ def build(p, cfg, stats_path, sizes=None):
     pipeline's counts, for the launcher); returns that last step's PCollection. ``sizes``
     maps input paths to their sizes (progress lines, text ranges)."""
     sizes = sizes or {}
+    rules = cfg.rules
+    ranked = rules == "metaclip2"
     candidates, counts = [], []
     if cfg.wiki or cfg.text:
         # One dump file or text range per worker at a time; documents are counted where they are
         # read, so only partial counts (not the corpus) travel between steps.
-        parts = _split(p | "CorpusFiles" >> beam.Create(corpus_work(cfg.wiki, cfg.text, sizes))
+        parts = _split(p | "CorpusFiles" >> beam.Create(corpus_work(cfg.wiki, cfg.text, sizes, cfg.lang_of))
                        | "SpreadFiles" >> beam.Reshuffle()
                        | "ReadCorpus" >> beam.ParDo(ReadCorpus(sizes, max_page_chars=cfg.max_page_chars,
                                                              max_page_markup=cfg.max_page_markup)),
                        "Corpus", ("words", "bigrams", "counts"))
         counts.append(parts["counts"])
         unigram_counts = parts["words"] | "CountWords" >> beam.CombinePerKey(sum)
-        n_tokens = (parts["counts"] | "Tokens" >> beam.Map(lambda c: c["tokens"])
-                    | "TotalTokens" >> beam.CombineGlobally(sum).without_defaults())
-        records, c = unigram_counts | "Unigrams" >> Classify(_unigram, cfg.min_count)
-        candidates.append(records)
+        n_tokens = (parts["counts"] | "Tokens" >> beam.FlatMap(_lang_tokens)
+                    | "TotalTokens" >> beam.CombinePerKey(sum))
+        records, c = unigram_counts | "Unigrams" >> Classify(_unigram, cfg.min_count, rules)
         counts.append(c)
+        if ranked:
+            top = records | "TopUnigrams" >> beam.CombinePerKey(_TopCap(cfg.caps["unigram"][2]))
+            records, c = top | "CutUnigrams" >> Classify(_cut, "unigram", rules, cfg.caps)
+            counts.append(c)
+            kept_unigrams = top | "KeptUnigrams" >> beam.Map(_kept_unigrams, cfg.caps)
+        candidates.append(records)
         by_first, c = (parts["bigrams"] | "CountBigrams" >> beam.CombinePerKey(sum)
                        | "MinBigramCount" >> Classify(_bigram_prefilter, cfg.min_bigram_count))
         counts.append(c)
@@ -689,36 +919,47 @@ def build(p, cfg, stats_path, sizes=None):
         n_per_shard = n_tokens | "TokensToShards" >> beam.FlatMap(_tokens_to_shards)
         scored = _split((by_shard, n_per_shard) | "BigramsAndTokens" >> beam.Flatten()
                         | "GroupByShard" >> beam.GroupByKey()
-                        | "ScorePMI" >> beam.FlatMap(_score_shard, cfg.min_pmi),
+                        | "ScorePMI" >> beam.FlatMap(_score_shard, cfg.min_pmi, rules),
                         "Scored", ("records", "counts", "pmi"))
-        candidates.append(scored["records"])
+        records = scored["records"]
+        if ranked:
+            top = records | "TopBigrams" >> beam.CombinePerKey(_TopCap(cfg.caps["bigram"][2]))
+            records, c = ({"bigrams": top, "unigrams": kept_unigrams} | "BigramsAndKeptUnigrams" >> beam.CoGroupByKey()
+                          | "CutBigrams" >> Classify(_cut_bigrams, rules, cfg.caps))
+            counts.append(c)
+        candidates.append(records)
         counts.append(scored["counts"])
         counts.append(scored["pmi"] | "PMISummary" >> beam.CombineGlobally(_PmiSummary()).without_defaults()
                       | "PMICounts" >> beam.Map(_pmi_counts))
     if cfg.pageviews:
         parts = _split(p | "PageviewFiles" >> beam.Create(sorted(cfg.pageviews))
                        | "SpreadPageviews" >> beam.Reshuffle()
-                       | "ReadPageviews" >> beam.ParDo(ReadPageviews(cfg.pageview_domains)),
+                       | "ReadPageviews" >> beam.ParDo(ReadPageviews(cfg.pageview_domains, cfg.langs)),
                        "Pageviews", ("views", "counts"))
         counts.append(parts["counts"])
         records, c = (parts["views"] | "SumViews" >> beam.CombinePerKey(sum)
-                      | "Titles" >> Classify(_title, cfg.min_views))
-        candidates.append(records)
+                      | "Titles" >> Classify(_title, cfg.min_views, rules))
         counts.append(c)
+        if ranked:
+            records, c = (records | "TopTitles" >> beam.CombinePerKey(_TopCap(cfg.caps["title"][2]))
+                          | "CutTitles" >> Classify(_cut, "title", rules, cfg.caps))
+            counts.append(c)
+        candidates.append(records)
     if cfg.wordnet:
         parts = _split(p | "WordNetSources" >> beam.Create(sorted(cfg.wordnet))
-                       | "ReadLemmas" >> beam.ParDo(ReadLemmas()),
+                       | "ReadLemmas" >> beam.ParDo(ReadLemmas(cfg.langs)),
                        "WordNet", ("lemmas", "counts"))
         counts.append(parts["counts"])
         records, c = (parts["lemmas"] | "DistinctLemmas" >> beam.Distinct()
-                      | "WordNet" >> Classify(_wordnet))
+                      | "WordNet" >> Classify(_wordnet, rules))
         candidates.append(records)
         counts.append(c)
     if cfg.metadata:
-        records, c = (p | "MetadataFiles" >> beam.Create(list(cfg.metadata))
+        records, c = (p | "MetadataFiles" >> beam.Create([(cfg.lang_of(path), path) for path in cfg.metadata
+                                                           if cfg.wants(cfg.lang_of(path))])
                       | "ReadMetadata" >> beam.FlatMap(_metadata_entries)
                       | "FirstIndex" >> beam.CombinePerKey(min)
-                      | "Metadata" >> Classify(_metadata))
+                      | "Metadata" >> Classify(_metadata, rules))
         candidates.append(records)
         counts.append(c)
     rows, c = (candidates | "AllCandidates" >> beam.Flatten()
@@ -726,9 +967,12 @@ def build(p, cfg, stats_path, sizes=None):
                | "Merge" >> Classify(_merge))
     counts.append(c)
     n = cfg.max_entries or None
+    single = cfg.langs is not None and len(cfg.langs) == 1
     counts.append(rows | "RankShards" >> beam.Map(_rank_shard)
                   | "RankPerShard" >> beam.CombinePerKey(_Smallest(n))
-                  | "ShardLists" >> beam.Values()
-                  | "Rank" >> beam.CombineGlobally(_Smallest(n, lists=True)).without_defaults()
-                  | "Write" >> beam.ParDo(WriteOutputs(cfg.out)))
+                  | "ShardLists" >> beam.Map(_lang_of_shard)
+                  | "Rank" >> beam.CombinePerKey(_Smallest(n, lists=True))
+                  | "WriteLanguage" >> beam.ParDo(WriteLanguage(cfg.out))
+                  | "AllLanguages" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+                  | "Write" >> beam.ParDo(WriteOutputs(cfg.out, single)))
     return tuple(counts) | "FinishWithStats" >> FinishWithStats(stats_path)

@@ -279,7 +279,7 @@ def test_read_wiki_counts_every_skip_and_takes_the_caps_it_is_given(tmp_path):
     assert markup_cost(heavy) == 6_000
     out = list(read_wiki(path, 0, 1000, max_page_chars=10_000, max_page_markup=5_000))
     counts = [v for tag, v in out if tag == "counts"][0]
-    words = {v[0] for tag, v in out if tag == "words"}
+    words = {v[0][1] for tag, v in out if tag == "words"}
     assert counts["wiki_page_markup_too_heavy"] == 1 and counts["wiki_page_too_large"] == 1
     assert counts["wiki_page_malformed"] == 1 and counts["documents"] == 2
     assert {"zebra", "polka"} <= words and "word" not in words
@@ -307,7 +307,7 @@ def test_text_corpus_bombs_are_counted_and_the_rest_read(tmp_path):
         out = list(read_text(str(tmp_path / name), 0, None, 1000))
         counts = [v for tag, v in out if tag == "counts"][0]
         assert {k: counts[k] for k in expected} == expected, (name, counts)
-        assert "zebra" in {v[0] for tag, v in out if tag == "words"}
+        assert "zebra" in {v[0][1] for tag, v in out if tag == "words"}
 
 
 def test_prose_cleanup_runs_in_linear_time():
@@ -335,7 +335,7 @@ def test_a_page_that_parses_too_long_is_stopped_and_counted(tmp_path):
     out = list(read_wiki(path, 0, 1000))
     counts = [v for tag, v in out if tag == "counts"][0]
     assert counts["wiki_page_parse_too_costly"] == 1 and counts["documents"] == 2
-    assert {"zebra", "polka"} <= {v[0] for tag, v in out if tag == "words"}
+    assert {"zebra", "polka"} <= {v[0][1] for tag, v in out if tag == "words"}
     assert time.perf_counter() - t < 60
 
 

@@ -323,7 +323,9 @@ def engine_cfg(inputs, out):
 def stage_outputs(out, stats):
     """What a run leaves behind: the list's bytes and its funnel (without the wall time). The
     pipeline's own counts file is gone."""
-    assert sorted(os.listdir(out)) == ["metadata.json", "queries.parquet", "queries_stats.json"]
+    assert sorted(os.listdir(out)) == ["metadata", "metadata.json", "queries.parquet", "queries_stats.json"]
+    assert os.listdir(out / "metadata") == ["en.json"]
+    assert (out / "metadata" / "en.json").read_bytes() == (out / "metadata.json").read_bytes()
     written = read_stats(out / "queries_stats.json")
     assert written["extra"].pop("seconds") > 0 and stats["extra"].pop("seconds") > 0
     assert written == stats
