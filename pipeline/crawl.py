@@ -120,10 +120,9 @@ def _language_id():
 
 
 def text_filter_args(cfg):
-    """TextFilter's arguments for a crawl: with every language wanted, lid.176 runs after
-    balancing, on the kept pairs only (``Balance``); before, it would decide nothing."""
-    return (cfg.queries, cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars, 200_000, True,
-            cfg.lang_queries)
+    """TextFilter's arguments for a crawl, but the query list: with every language wanted, lid.176
+    runs after balancing, on the kept pairs only (``Balance``); before, it would decide nothing."""
+    return (cfg.langs, cfg.min_lang_score, cfg.min_text_chars, cfg.max_text_chars, 200_000, True)
 
 
 def query_table(cfg):
@@ -132,6 +131,37 @@ def query_table(cfg):
         return sorted(set(cfg.queries)), None
     world = WorldMatcher(cfg.lang_queries)
     return world.names, world.langs_of_ids()
+
+
+def write_query_table(cfg, path):
+    """The query list as the workers read it: ``path`` (parquet) with the query of every id and
+    its language. The list goes to the workers as this file, not inside the steps (a step is
+    unpickled for every bundle: a list of 500,000 entries would cost seconds each time)."""
+    names, langs = query_table(cfg)
+    table = pa.table({"query": pa.array(names, pa.string()),
+                      "lang": pa.array(langs if langs is not None else [None] * len(names), pa.string())})
+    spill.write_table(path, table)
+    return len(names)
+
+
+def _query_lists(path, run_id):
+    """(names, languages or None, {language: queries} or None) of the run's query table, read
+    once per worker process."""
+    key = ("lists", run_id, path)
+    got = _RESOURCES.get(key)
+    if got is None:
+        table = spill.read_table(path)
+        names = table.column("query").to_pylist()
+        langs = table.column("lang").to_pylist() if table.column("lang").null_count < table.num_rows else None
+        lang_queries = None
+        if langs is not None:
+            lang_queries = {}
+            for q, lang in zip(names, langs):
+                lang_queries.setdefault(lang, []).append(q)
+        for k in [k for k in _RESOURCES if isinstance(k, tuple) and k[0] == "lists"]:
+            del _RESOURCES[k]
+        got = _RESOURCES[key] = (names, langs, lang_queries)
+    return got
 
 
 def _meta_lang(label, cache={}):
@@ -205,16 +235,17 @@ class Match(beam.DoFn):
     """A work item -> its matched pairs spilled to ``matched/pNNNNN/`` by uid partition; yields
     the item's counts (input, drops by reason, languages, pages)."""
 
-    def __init__(self, cfg, tmp, n_parts):
+    def __init__(self, cfg, tmp, n_parts, run_id):
         self.cols, self.no_header = (cfg.url_col, cfg.text_col, cfg.page_col), cfg.no_header
         self.max_page_bytes = cfg.max_page_bytes
         self.args = text_filter_args(cfg)
-        self.key = _digest(*self.args)
-        self.tmp, self.root, self.n_parts = tmp, FileSystems.join(tmp, "matched"), n_parts
+        self.tmp, self.root, self.n_parts, self.run_id = tmp, FileSystems.join(tmp, "matched"), n_parts, run_id
+        self.key = _digest(run_id, *self.args)
         self.worldwide = cfg.lang_queries is not None
 
     def setup(self):
-        self.tf = _text_filter(self.key, self.args)
+        names, _, lang_queries = _query_lists(FileSystems.join(self.tmp, "queries.parquet"), self.run_id)
+        self.tf = _text_filter(self.key, (names if lang_queries is None else None, *self.args, lang_queries))
 
     def process(self, work):
         index, item = work
@@ -332,17 +363,17 @@ class WriteVector(beam.DoFn):
     each language's t (``t.npy``, the t of every query id). Yields once: worldwide, the t of each
     language and English's tail share (in millionths) as counts."""
 
-    def __init__(self, path, cfg=None, t_path=None):
-        self.path, self.t_path = path, t_path
+    def __init__(self, path, cfg=None, t_path=None, lists=None, run_id=None):
+        self.path, self.t_path, self.lists, self.run_id = path, t_path, lists, run_id
         self.t_en = cfg.max_per_query if cfg is not None else None
-        self.lang_queries = cfg.lang_queries if cfg is not None else None
+        self.worldwide = cfg is not None and cfg.lang_queries is not None
 
     def process(self, vector):
         _save_npy(self.path, np.asarray(vector, np.int64))
-        if self.lang_queries is None:
+        if not self.worldwide:
             yield {}
             return
-        langs = np.array(WorldMatcher(self.lang_queries).langs_of_ids(), dtype=object)
+        langs = np.array(_query_lists(self.lists, self.run_id)[1], dtype=object)
         thresholds, p = balance.language_thresholds(vector, langs, self.t_en)
         t = np.full(len(vector), float(self.t_en))
         for lang, t_lang in thresholds.items():
@@ -381,10 +412,10 @@ class Balance(beam.DoFn):
 
     def __init__(self, cfg, tmp, run_id):
         self.tmp, self.t, self.seed, self.run_id = tmp, cfg.max_per_query, cfg.seed, run_id
-        self.queries = query_table(cfg)[0]
         self.worldwide = cfg.lang_queries is not None
 
     def setup(self):
+        self.queries = _query_lists(FileSystems.join(self.tmp, "queries.parquet"), self.run_id)[0]
         self.query_array = pa.array(self.queries, pa.string())
 
     def process(self, part):
@@ -433,9 +464,9 @@ class WriteQueryCounts(beam.DoFn):
 
     def __init__(self, cfg, tmp, run_id):
         self.tmp, self.t, self.run_id = tmp, cfg.max_per_query, run_id
-        self.queries, self.langs = query_table(cfg)
 
     def process(self, kept):
+        self.queries, self.langs, _ = _query_lists(FileSystems.join(self.tmp, "queries.parquet"), self.run_id)
         matches = _load_vector(FileSystems.join(self.tmp, "counts.npy"), self.run_id)
         t = _load_vector(FileSystems.join(self.tmp, "t.npy"), self.run_id) if self.langs is not None \
             else np.full(len(matches), float(self.t))
@@ -456,17 +487,18 @@ def _tagged(tag):
 
 def build(p, cfg, tmp, n_parts):
     """Add the crawl to ``p``. Outputs go to ``tmp``; the funnel's counts to ``tmp/stats.json``."""
-    n_queries = len(query_table(cfg)[0])
     run_id = uuid.uuid4().hex  # names this run's files in the per-process cache
+    n_queries = write_query_table(cfg, FileSystems.join(tmp, "queries.parquet"))
     item_counts = (p | "WorkItems" >> beam.Create(list(enumerate(cfg.inputs)))
                    | "SpreadInputs" >> beam.Reshuffle()
-                   | "Match" >> beam.ParDo(Match(cfg, tmp, n_parts)))
+                   | "Match" >> beam.ParDo(Match(cfg, tmp, n_parts, run_id)))
     deduped = (item_counts | "AfterMatch" >> spill.Fanout(n_parts)
                | "Dedup" >> beam.ParDo(Dedup(tmp, n_queries, cfg.lang_queries is not None)))
     matches_written = (deduped | "MatchCounts" >> beam.FlatMap(_tagged("matches"))
                        | "SumMatches" >> beam.CombineGlobally(SumSparse(n_queries)).without_defaults()
                        | "WriteMatchCounts" >> beam.ParDo(WriteVector(FileSystems.join(tmp, "counts.npy"), cfg,
-                                                                     FileSystems.join(tmp, "t.npy"))))
+                                                                     FileSystems.join(tmp, "t.npy"),
+                                                                     FileSystems.join(tmp, "queries.parquet"), run_id)))
     balanced = (matches_written | "AfterDedup" >> spill.Fanout(n_parts)
                 | "Balance" >> beam.ParDo(Balance(cfg, tmp, run_id)))
     query_counts = (balanced | "KeptCounts" >> beam.FlatMap(_tagged("kept"))

@@ -70,6 +70,8 @@ def is_no_space_char(ch):
     """True for a character of a script written without spaces between words (Han, kana,
     Thai, Lao, Myanmar, Khmer, Tibetan) or of their punctuation (CJK full stops and brackets)."""
     o = ord(ch)
+    if o < 0x0E00:  # Latin, Greek, Cyrillic, Arabic, Indic...: the common case, answered first
+        return False
     return (0x2E80 <= o <= 0x2FDF or 0x2FF0 <= o <= 0x2FFF  # radicals, ideographic description
             or 0x3001 <= o <= 0x302D or 0x3030 <= o <= 0x303F  # CJK punctuation (not its space, Hangul marks)
             or 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF  # hiragana, katakana

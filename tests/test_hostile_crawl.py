@@ -75,7 +75,7 @@ def zero_bomb(uri, zeros):
 def queries(tmp_path_factory):
     path = tmp_path_factory.mktemp("q") / "queries.parquet"
     pq.write_table(pa.table({"query": ["cat", "photo"], "source": ["wordnet", "wordnet"], "count": [None, None],
-                             "pmi": [None, None]}, schema=QUERY), path)
+                             "pmi": [None, None], "lang": ["en", "en"]}, schema=QUERY), path)
     return path
 
 
