@@ -215,22 +215,22 @@ def run_worldwide(world=DEFAULT_WORLD, fresh=False):
 
     t0 = time.time()
     queries, pairs, reports = (DEMO_WORLDWIDE / d for d in ("queries", "pairs", "reports"))
-    if fresh:
+    world = Path(world)
+    if fresh or not (world / "manifest.json").exists():
         shutil.rmtree(DEMO_WORLDWIDE, ignore_errors=True)
-    if generate(Path(world), force=fresh):
-        shutil.rmtree(DEMO_WORLDWIDE, ignore_errors=True)
+    ensure_world(world)
     banner = lambda n, what: print(f"\n== [{n}/3] {what} ({_elapsed(t0)}) ==", flush=True)   # noqa: E731
     banner(1, "query lists, one per language")
     q = _flags("queries")
     q.wiki = [str(world / "wiki" / "*.bz2"), str(world / "worldwide" / "wiki" / "*.bz2")]
     q.pageviews = [str(world / "pageviews" / "*.gz"), str(world / "worldwide" / "pageviews" / "*.gz")]
     q.wordnet = [str(world / "wordnet" / "noun.demo.yaml"), str(world / "worldwide" / "wordnet" / "omw-demo.xml")]
-    q.langs, q.out = "all", str(queries)
+    q.langs, q.out, q.min_pmi = "all", str(queries), DEMO_MIN_PMI
     stages.queries(q, [])
     banner(2, "crawl, worldwide")
     c = _flags("crawl")
     c.input = [str(world / "crawl" / "*.wat.gz")]
-    c.queries, c.out, c.worldwide = str(queries), str(pairs), True
+    c.queries, c.out, c.worldwide, c.max_per_query = str(queries), str(pairs), True, DEMO_MAX_PER_QUERY
     stages.crawl(c, [])
     banner(3, "stats")
     s = _flags("stats")

@@ -283,3 +283,27 @@ def test_stats_report_shows_each_language_before_and_after_balancing(worldwide_r
         if row["deduplicated"]:
             assert f"| {lang} | {row['entries']:,} | {row['identified']:,} | {row['matched']:,} |" in md, lang
     assert (tmp_path / "report" / "languages.png").stat().st_size > 10_000
+
+
+def test_demo_worldwide_runs_the_curation_chain(world_dir, tmp_path, monkeypatch):
+    from clipforge.demo import chain
+
+    monkeypatch.chdir(tmp_path)
+    assert chain.run_worldwide(world_dir) == 0
+    root = tmp_path / chain.DEMO_WORLDWIDE
+    q = pq.read_table(root / "queries" / "queries.parquet").to_pylist()
+    per_lang = {}
+    for r in q:
+        per_lang.setdefault(r["lang"], []).append(r["query"])
+    assert set(per_lang) == {"en", "de", "fr", "es", "ja"}
+    for lang, entries in per_lang.items():  # MetaCLIP 2's layout beside it, the same lists
+        assert sorted(json.loads((root / "queries" / "metadata" / f"{lang}.json").read_text())) == sorted(entries)
+    assert "円" in per_lang["ja"] and "Kreis" in per_lang["de"]
+    s = json.loads((root / "pairs" / "crawl_stats.json").read_text())
+    langs = s["extra"]["languages"]
+    assert s["extra"]["settings"]["worldwide"] and langs["en"]["t"] == chain.DEMO_MAX_PER_QUERY
+    assert all(langs[lang]["entries"] == len(set(per_lang[lang])) for lang in per_lang)
+    assert sum(r["kept"] for r in langs.values()) == s["kept"] > 0
+    assert sum(langs[lang]["kept"] for lang in ("de", "fr", "es", "ja")) > 0
+    md = (root / "reports" / "report.md").read_text()
+    assert "Worldwide curation" in md and (root / "reports" / "languages.png").exists()
