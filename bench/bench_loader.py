@@ -104,7 +104,6 @@ class Curve:
             count = fn()
             self.times.setdefault(key, []).append(time.perf_counter() - t)
             self.seen[key] = count
-            self.redraw()
         return run
 
     def rate(self, size, workers, side):
@@ -168,7 +167,8 @@ class Curve:
             ax.set_ylabel("samples/s")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.lines:
+                ax.legend(fontsize=8)
         fig.suptitle(f"loader throughput against workers ({cpus()} cores)", fontsize=10)
         fig.tight_layout()
         fig.savefig(self.plot_path, dpi=90)
@@ -209,6 +209,7 @@ def benchmarks(workdir, max_workers=None, sizes=SIZES, repeats=3, plot=PLOT):
                 got = curve.seen[key + (side,)]
                 # each worker (or the main process) leaves out at most its last partial batch
                 assert n - max(1, k) * BATCH <= got <= n, (side, got, n)
+                curve.redraw()      # after the timed call: the text and figure so far
 
             out.append(Comparison(
                 name=f"loader, {k} worker{'s' if k != 1 else ''}: {w}x{h} JPEGs -> 224 px",
@@ -216,8 +217,7 @@ def benchmarks(workdir, max_workers=None, sizes=SIZES, repeats=3, plot=PLOT):
                 peer=curve.timed(((w, h), k, "peer"), lambda k=k, urls=urls: epoch_openclip(urls, tokenizer, k)),
                 peer_name="open_clip's WebDataset pipeline", items=n, unit="samples", verify=verify,
                 input=f"{n:,} photo-like {w}x{h} JPEGs (~{kb:.0f} kB) in {len(urls)} shards", repeats=repeats,
-                notes=(f"{k} loader worker process{'es' if k != 1 else ''}"
-                       f"{' (decoding in the main process)' if k == 0 else ''}, batch {BATCH}, one epoch, worker "
-                       f"start-up included; clipforge balances the shards' samples over its workers (sizes.json), "
-                       f"open_clip's pipeline deals whole shards")))
+                notes=("" if k else f"every row of {w}x{h}: batch {BATCH}, one epoch, worker start-up included "
+                       f"(0 workers: decoding in the main process); clipforge balances the shards' samples over its "
+                       f"workers (sizes.json), open_clip's pipeline deals them whole shards")))
     return out
