@@ -9,8 +9,18 @@
                          Merge (highest-priority source wins) ─ Rank ─ Write ─ FinishWithStats
 
 PMI of a bigram ``a b`` is ``log2(N * c(ab) / (c(a) * c(b)))`` where ``c`` are corpus counts
-and ``N`` is the total number of word tokens. All counting goes through Beam combiners and
-joins; no step holds the corpus's counts in one process except the runner's own shuffle.
+and ``N`` is the total number of word tokens of the language. All counting goes through Beam
+combiners and joins; no step holds the corpus's counts in one process except the runner's own
+shuffle.
+
+One pipeline builds every language's list: the language is part of every key ((lang, word),
+(lang, a, b), (lang, title), (lang, query)), N is summed per language, the PMI groups are
+(lang, shard), the list is ranked and cut per language, and ``WriteLanguage`` writes each
+language's metadata/{lang}.json and its part of queries.parquet, which ``WriteOutputs`` joins in
+language order. Rule sets: ``clip`` and ``metaclip1`` are thresholds; ``metaclip2`` ranks each
+(language, source) with ``_TopCap`` (a count of all rows plus the first ``most`` of them, so
+memory follows the cap) and cuts at ``cap_of``; the bigram cap comes from the same language's
+kept unigram count, joined to it by language.
 
 The pipeline keeps to what every Beam runner translates faithfully (see
 ``clipforge.beam``): no Beam Metrics, no side inputs, no multi-output ParDos, no

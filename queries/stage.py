@@ -155,6 +155,8 @@ def resolve_langs(langs, found):
 
 def run(cfg: QueriesConfig, beam_flags=()):
     t0 = time.time()
+    if cfg.langs is not None:
+        resolve_langs(cfg.langs, set())  # a bad --langs code is named before anything is read
     default_lang = metadata_lang(cfg.default_lang, "wiki") if cfg.default_lang else None
     if default_lang is None:
         raise InputError(f"--default-lang: {cfg.default_lang!r} is not a language code")
