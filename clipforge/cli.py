@@ -190,7 +190,8 @@ def _hyphenated(value):
 
 def _add_train(sub):
     p = sub.add_parser(
-        "train", help="contrastive CLIP pretraining on WebDataset shards (CPU, one GPU, or torchrun)",
+        "train", help="CLIP pretraining on WebDataset shards (CPU, one GPU, or torchrun); contrastive, "
+                      "bag-of-words or captioning objective",
         formatter_class=_formatter,
         description=HELP['train'])
     p.add_argument("--train-data", default=None, metavar="SHARDS",
@@ -198,7 +199,12 @@ def _add_train(sub):
                         "fsspec URLs; several joined with ::")
     p.add_argument("--model", default=None,
                    help="RN50, ViT-B-32, ViT-B-16, ViT-L-14, tiny or tiny-vit (default: ViT-B-32; demo: tiny)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL; demo: data/demo/runs/tiny)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL; demo: data/demo/runs/tiny; "
+                                               "-bow or -caption appended for those objectives)")
+    p.add_argument("--objective", choices=("contrastive", "bow", "caption"), default="contrastive",
+                   help="what the image tower learns from the captions: contrastive (CLIP), bow (predict the "
+                        "caption's bag of words) or caption (an image-conditioned language model), as in the "
+                        "paper's Figure 2; eval scores bow and caption by the prompts' likelihood (default: contrastive)")
     d = p.add_argument_group("schedule")
     d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
     d.add_argument("--accum-steps", type=int, default=1,

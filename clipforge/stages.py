@@ -261,9 +261,13 @@ def train_config(a):
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     model = pick(a.model, "model")
+    objective = getattr(a, "objective", None) or "contrastive"
+    out = a.out or defaults.get("out") or f"runs/{model}"
+    if not a.out and objective != "contrastive":    # beside the contrastive run, not into it
+        out = f"{out}-{objective}"
     cfg = TrainConfig(
-        train_data=a.train_data or defaults["train_data"], out=a.out or defaults.get("out") or f"runs/{model}",
-        model=model, batch_size=pick(a.batch_size, "batch_size"), accum_steps=a.accum_steps,
+        train_data=a.train_data or defaults["train_data"], out=out,
+        model=model, objective=objective, batch_size=pick(a.batch_size, "batch_size"), accum_steps=a.accum_steps,
         epochs=pick(a.epochs, "epochs"), steps=a.steps, lr=pick(a.lr, "lr"), weight_decay=pick(a.wd, "weight_decay"),
         warmup=a.warmup, grad_clip=a.grad_clip, seed=a.seed, workers=a.workers, resampled=a.resampled,
         samples_per_epoch=a.samples_per_epoch, shuffle_buffer=a.shuffle_buffer, augment=not a.no_augment,

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,9 @@ from clipforge.cli import main
 from clipforge.trainer.data import DataConfig, LoaderState, NoUsableSamples, ShardStream, expand_shards, make_loader
 from clipforge.trainer.tokenizer import Tokenizer, train_bpe
 
+from train_helpers import kill_after_step as _kill_after_step
+from train_helpers import metrics as _metrics
+from train_helpers import run_train as _run_train
 from train_helpers import write_heldout, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,44 +38,6 @@ def tokenizer():
 def _keys(cfg, tokenizer, epoch=0, rank=0, world=1, state=None):
     return [k for item in make_loader(cfg, tokenizer, epoch, rank, world, state) if item["images"] is not None
             for k in item["keys"]]
-
-
-def _run_train(args, env=None, check=True):
-    proc = subprocess.run(CLIPFORGE + ["train"] + args, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def _metrics(run):
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _kill_after_step(args, out, step, timeout=600):
-    """Start `clipforge train ARGS` and SIGKILL its whole process group as soon as its
-    metrics.jsonl logs `step` (read from outside, as an operator would see it). Returns the exit
-    status and the last step logged when it died."""
-    metrics, log = Path(out) / "metrics.jsonl", Path(f"{out}.log")
-    with open(log, "w") as f:
-        proc = subprocess.Popen(CLIPFORGE + ["train"] + args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            lines = (metrics.read_text() if metrics.exists() else "").split("\n")[:-1]   # whole lines only
-            if lines and json.loads(lines[-1])["step"] >= step:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            assert proc.poll() is None, f"the run ended before step {step}: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s"
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    return proc.returncode, _metrics(out)[-1]["step"]
 
 
 # --- loader ------------------------------------------------------------------------------------

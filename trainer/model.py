@@ -8,6 +8,10 @@ Image towers: the Vision Transformer (ViT-B/32, B/16, L/14 and the small `tiny`)
 modified ResNet (RN50: three-convolution stem, anti-aliased strided convolutions, attention
 pooling). Text tower: a causal Transformer whose feature is read at the end-of-text token
 (the highest token id).
+
+The paper's two predictive baselines (section 2.3, Fig. 2) on the same towers: BagOfWords (a
+linear layer from the image embedding to the vocabulary) and Captioner (the image embedding as
+the prefix of a causal text Transformer that predicts the caption); `make_model` picks by objective.
 """
 
 from __future__ import annotations
@@ -302,6 +306,8 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
+    objective = "contrastive"
+
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.config = cfg
@@ -360,6 +366,152 @@ class CLIP(nn.Module):
     def forward(self, image, text):
         """Normalised image and text features, and the logit scale (exp of the parameter)."""
         return self.encode_image(image, normalize=True), self.encode_text(text, normalize=True), self.logit_scale.exp()
+
+
+# --- the paper's predictive baselines: bag-of-words and a captioning language model ------------
+
+OBJECTIVES = ("contrastive", "bow", "caption")
+
+
+def image_tower(cfg: CLIPConfig) -> nn.Module:
+    """The image tower CLIP builds for ``cfg`` (its output: the ``embed_dim`` image embedding), initialised as CLIP's."""
+    act = QuickGELU if cfg.quick_gelu else nn.GELU
+    if isinstance(cfg.vision.layers, (tuple, list)):
+        visual = ModifiedResNet(cfg.vision, cfg.embed_dim)
+        visual.init_weights()
+    else:
+        visual = VisionTransformer(cfg.vision, cfg.embed_dim, act)
+        visual.transformer.init_weights()
+    return visual
+
+
+def _set_tower_checkpointing(visual: nn.Module, enabled: bool):
+    if isinstance(visual, ModifiedResNet):
+        visual.grad_checkpointing = enabled
+    else:
+        visual.transformer.grad_checkpointing = enabled
+
+
+class BagOfWords(nn.Module):
+    """The paper's bag-of-words predictor: CLIP's image tower, then one linear layer from the image
+    embedding to a logit per token id of the vocabulary. Trained with the soft-target
+    cross-entropy against the caption's normalised token counts (loss.bow_loss); no text tower.
+    ``forward(images, texts)`` gives each row's loss; ``word_log_probs(images)`` log p(token | image)."""
+
+    objective = "bow"
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.visual = image_tower(cfg)
+        self.head = nn.Linear(cfg.embed_dim, cfg.text.vocab_size)
+        nn.init.normal_(self.head.weight, std=cfg.embed_dim ** -0.5)
+        nn.init.zeros_(self.head.bias)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enabled: bool = True):
+        _set_tower_checkpointing(self.visual, enabled)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    def word_logits(self, image):
+        return self.head(self.visual(image))
+
+    def word_log_probs(self, image):
+        return F.log_softmax(self.word_logits(image).float(), dim=-1)
+
+    def forward(self, image, text):
+        from clipforge.trainer.loss import bow_loss
+
+        return bow_loss(self.word_logits(image), text)
+
+
+class Captioner(nn.Module):
+    """An image-conditioned Transformer language model over the caption (the paper's third
+    objective): CLIP's image tower; its embedding, projected to the text width, is added at the
+    start-of-text position, so it is the prefix every later token attends to; then a causal text
+    Transformer of CLIP's text tower's shape (the same blocks and parameter names) and a linear
+    layer to next-token logits. Trained with teacher forcing (loss.caption_nll); padding after
+    end-of-text is neither an input that matters (attention is causal) nor a target."""
+
+    objective = "caption"
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        act = QuickGELU if cfg.quick_gelu else nn.GELU
+        t = cfg.text
+        self.visual = image_tower(cfg)
+        self.image_prefix = nn.Linear(cfg.embed_dim, t.width)
+        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+        self.transformer = Transformer(t.width, t.layers, t.heads, act, causal=True)
+        self.ln_final = LayerNorm(t.width)
+        self.lm_head = nn.Linear(t.width, t.vocab_size, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.transformer.init_weights()
+        nn.init.normal_(self.image_prefix.weight, std=cfg.embed_dim ** -0.5)
+        nn.init.zeros_(self.image_prefix.bias)
+        nn.init.normal_(self.lm_head.weight, std=t.width ** -0.5)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enabled: bool = True):
+        _set_tower_checkpointing(self.visual, enabled)
+        self.transformer.grad_checkpointing = enabled
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    def prefix(self, image):
+        """[b, width]: the image as the language model's prefix."""
+        return self.image_prefix(self.visual(image))
+
+    def next_token_logits(self, prefix, text):
+        """[b, n - 1, vocab]: logits of text[:, 1:] given the prefix and the tokens before each."""
+        n = text.shape[1]
+        x = self.token_embedding(text) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
+        x = torch.cat([x[:, :1] + prefix.to(x.dtype)[:, None], x[:, 1:]], dim=1)
+        x = self.ln_final(self.transformer(x))
+        return self.lm_head(x[:, :-1])
+
+    def forward(self, image, text):
+        from clipforge.trainer.loss import caption_nll
+
+        text = trim_padding(text)
+        return caption_nll(self.next_token_logits(self.prefix(image), text), text)
+
+
+def trim_padding(text: torch.Tensor) -> torch.Tensor:
+    """The columns up to the batch's last end-of-text: under causal attention the rest changes
+    no logit that is scored, so the language model need not run over it."""
+    return text[:, :int(text.argmax(dim=1).max()) + 1]
+
+
+def make_model(cfg: CLIPConfig, objective: str = "contrastive") -> nn.Module:
+    """The model an objective trains: CLIP (contrastive), BagOfWords (bow) or Captioner (caption)."""
+    if objective == "contrastive":
+        return CLIP(cfg)
+    if objective == "bow":
+        return BagOfWords(cfg)
+    if objective == "caption":
+        return Captioner(cfg)
+    raise InputError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+
+
+def objective_of(model: nn.Module) -> str:
+    return getattr(model, "objective", "contrastive")
 
 
 def clamp_logit_scale(model: CLIP, max_scale: float = 100.0):

@@ -1,5 +1,10 @@
 """The training loop: contrastive pretraining on streamed shards, one process or torchrun/DDP.
 
+``objective`` picks what is learned (Radford et al. 2021, section 2.3): ``contrastive`` (CLIP),
+``bow`` (a linear bag-of-words predictor on the image embedding) or ``caption`` (an
+image-conditioned Transformer language model); the three share the loader, the schedule, the
+checkpoints and exact resume, and a checkpoint names its objective.
+
 Read top to bottom: set up processes, tokenizer, model, optimizer and schedule; then for each
 step take a batch, compute the loss (with gradient caching when the batch is accumulated over
 micro-batches), step, clamp the temperature, log, and checkpoint. A run directory holds
@@ -28,9 +33,9 @@ from clipforge.schemas.files import write_json_atomic
 from clipforge.trainer.checkpoint import TOKEN_IDS, latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.trainer.data import (DataConfig, LoaderState, NoUsableSamples, count_samples, default_workers,
                                     expand_shards, keys_digest, make_loader, normalize_images, slot_lengths)
-from clipforge.trainer.loss import clip_loss
-from clipforge.trainer.model import (CLIP, clamp_logit_scale, config_from_openai_state_dict, model_config,
-                                     openai_state_dict)
+from clipforge.trainer.loss import clip_loss, loss_units
+from clipforge.trainer.model import (CLIP, OBJECTIVES, clamp_logit_scale, config_from_openai_state_dict, make_model,
+                                     model_config, openai_state_dict)
 from clipforge.trainer.tokenizer import Tokenizer, read_merges, train_bpe, write_merges
 
 
@@ -43,6 +48,7 @@ class TrainConfig:
     train_data: str
     out: str
     model: str = "ViT-B-32"
+    objective: str = "contrastive"   # contrastive (CLIP), bow (bag-of-words predictor) or caption (language model)
     batch_size: int = 256            # per process, per optimizer step
     accum_steps: int = 1             # micro-batches per step (features cached, full-batch negatives kept)
     epochs: int = 1
@@ -194,7 +200,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 def backward_batch(model, images: torch.Tensor, texts: torch.Tensor, accum_steps: int = 1,
-                   autocast=contextlib.nullcontext) -> torch.Tensor:
+                   autocast=contextlib.nullcontext, objective: str = "contrastive") -> torch.Tensor:
     """Loss of the whole batch and its gradients in `.grad`; with accum_steps > 1, GradCache.
 
     GradCache (Gao et al., 2021): embed every micro-batch without a graph, take the loss and its
@@ -202,7 +208,13 @@ def backward_batch(model, images: torch.Tensor, texts: torch.Tensor, accum_steps
     still sees all the batch's negatives), then re-embed each micro-batch with a graph and
     backpropagate those feature gradients. Gradients equal the large batch's; activation memory
     is one micro-batch's. (With batch norm, the ResNets, statistics are per micro-batch.)
+
+    The predictive objectives (bow, caption) have no cross-sample term: each micro-batch's summed
+    per-row losses, divided by the whole batch's units (captions, or predicted tokens), are
+    backpropagated in turn, which sums to the large batch's mean and its gradient.
     """
+    if objective != "contrastive":
+        return _backward_predictive(model, images, texts, accum_steps, autocast, objective)
     if accum_steps == 1:
         with autocast():
             image_f, text_f, scale = model(images, texts)
@@ -231,6 +243,24 @@ def backward_batch(model, images: torch.Tensor, texts: torch.Tensor, accum_steps
             torch.autograd.backward([image_f.float(), text_f.float(), s.float()],
                                     [image_grads[j], text_grads[j], scale.grad if last else torch.zeros_like(scale)])
     return loss.detach()
+
+
+def _backward_predictive(model, images, texts, accum_steps, autocast, objective) -> torch.Tensor:
+    if images.shape[0] % accum_steps:
+        raise ValueError(f"batch of {images.shape[0]} does not split into {accum_steps} equal micro-batches")
+    total = loss_units(objective, texts).sum().clamp(min=1)
+    no_sync = getattr(model, "no_sync", None)
+    loss = torch.zeros((), device=images.device)
+    for j, (i, t) in enumerate(zip(images.chunk(accum_steps), texts.chunk(accum_steps))):
+        last = j == accum_steps - 1
+        sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
+        with sync:
+            with autocast():
+                per_row = model(i, t)
+            part = per_row.float().sum() / total
+            part.backward()
+        loss += part.detach()
+    return loss
 
 
 def read_captions(urls: list[str], limit: int):
@@ -299,8 +329,20 @@ class Run:
 
         mcfg = replace(mcfg, quick_gelu=cfg.quick_gelu, grad_checkpointing=cfg.grad_checkpointing)
         torch.manual_seed(cfg.seed)
-        model = CLIP(mcfg)
-        if init is not None:
+        model = make_model(mcfg, cfg.objective)
+        if init is not None and cfg.objective != "contrastive":
+            # The towers the objectives share (the image tower; the caption model's text Transformer,
+            # token and position embeddings, named as CLIP's) start from the weights; the rest as new.
+            sd = openai_state_dict(init["model"])
+            own = model.state_dict()
+            shared = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()
+                      if k in own and own[k].shape == v.shape}
+            if not any(k.startswith("visual.") for k in shared):
+                raise TrainingError(f"--init-from has no image tower that fits model {cfg.model}")
+            model.load_state_dict(shared, strict=False)
+            self.log(f"init: {len(shared)} of the {objective_label(cfg.objective)} model's {len(own)} tensors from "
+                     f"{cfg.init_from}")
+        elif init is not None:
             sd = openai_state_dict(init["model"])
             have = sd.get("token_embedding.weight")
             if have is not None and have.shape[0] != tokenizer.vocab_size:
@@ -324,6 +366,8 @@ class Run:
         init = _agree(lambda: self._init_payload(resumed))
         if _broadcast(resumed is None and self.main and latest_checkpoint(self.out) is not None):
             raise TrainingError(f"{self.out} already has checkpoints; pass --resume to continue it, or choose another --out")
+        if cfg.objective not in OBJECTIVES:
+            raise TrainingError(f"unknown objective {cfg.objective!r}; known: {', '.join(OBJECTIVES)}")
         ctx = model_config(cfg.model).text.context_length
         if init is not None and "model_config" not in init:
             ctx = config_from_openai_state_dict(init["model"]).text.context_length
@@ -391,7 +435,9 @@ class Run:
         metrics = open(self.out / "metrics.jsonl", "a") if self.main else None
 
         n_params = sum(p.numel() for p in raw.parameters())
-        self.log(f"train: {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.device.type} x{self.world}, "
+        contrastive = cfg.objective == "contrastive"
+        self.log(f"train: {cfg.model}{'' if contrastive else ' ' + objective_label(cfg.objective)} "
+                 f"({n_params / 1e6:.1f}M parameters) on {self.device.type} x{self.world}, "
                  f"{len(urls)} shard(s), {workers} loader worker(s) a process, global batch {global_batch}"
                  f"{f' in {cfg.accum_steps} micro-batches' if cfg.accum_steps > 1 else ''}, {total} steps"
                  f"{f' from step {step}' if step else ''}, out {self.out}")
@@ -424,19 +470,21 @@ class Run:
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 texts = batch["texts"].to(self.device, non_blocking=True)
-                loss = backward_batch(model, images, texts, cfg.accum_steps, autocast)
+                loss = backward_batch(model, images, texts, cfg.accum_steps, autocast, cfg.objective)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                clamp_logit_scale(raw)
+                if contrastive:
+                    clamp_logit_scale(raw)
                 step, in_epoch = step + 1, in_epoch + 1
                 counts.add(batch)
                 dt = time.time() - t0
                 step_times = (step_times + [dt])[-50:]
                 pending.append({"step": step, "epoch": epoch, "lr": lr, "samples_per_s": global_batch / dt,
                                 "data_s": t_data, "step_s": dt, "keys": keys_digest(batch["keys"])})
-                values.append(torch.stack([loss.float(), raw.logit_scale.detach().float().exp()]))
+                values.append(torch.stack([loss.float(), raw.logit_scale.detach().float().exp() if contrastive
+                                           else torch.zeros((), device=loss.device)]))
                 evaluate = bool(cfg.eval_every and cfg.eval_data and (step % cfg.eval_every == 0 or step == total))
                 save = step % cfg.save_every == 0 or step == total
                 logging = step % cfg.log_every == 0 or step == total or step == 1
@@ -451,7 +499,8 @@ class Run:
                     mean_dt = sum(step_times) / len(step_times)
                     eta = (total - step) * mean_dt
                     self.log(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.2e} "
-                             f"scale {scale:.1f} | {global_batch / mean_dt:,.0f} samples/s "
+                             f"{f'scale {scale:.1f}' if contrastive else cfg.objective} | "
+                             f"{global_batch / mean_dt:,.0f} samples/s "
                              f"(data {100 * t_data / max(dt, 1e-9):.0f}%) | ETA {_duration(eta)}")
                 if save:
                     self._save(raw, optimizer, tokenizer, step, epoch, in_epoch, state, skipped, counts, epochs)
@@ -499,10 +548,14 @@ class Run:
                 record = {"step": record["step"], "epoch": record["epoch"], "loss": loss, "lr": record["lr"],
                           "logit_scale": scale, "samples_per_s": record["samples_per_s"], "data_s": record["data_s"],
                           "step_s": record["step_s"], "keys": [d[i] for d in digests]}
+                if self.cfg.objective != "contrastive":   # no temperature: the objective in its place
+                    record = {k: v for k, v in record.items() if k != "logit_scale"}
+                    record["objective"] = self.cfg.objective
                 metrics.write(json.dumps(record) + "\n")
                 if writer is not None:
                     for k in ("loss", "lr", "logit_scale", "samples_per_s"):
-                        writer.add_scalar(f"train/{k}", record[k], record["step"])
+                        if k in record:
+                            writer.add_scalar(f"train/{k}", record[k], record["step"])
         if self.main:
             metrics.flush()
         return both[-1][0], both[-1][1]
@@ -561,7 +614,8 @@ class Run:
         if "optimizer" not in payload or "data" not in payload:
             raise TrainingError("--resume needs a clipforge training checkpoint; for weights alone use --init-from")
         theirs = payload.get("train_config", {})
-        for key in ("model", "batch_size", "seed", "accum_steps", "resampled", "shuffle_buffer"):
+        theirs = {"objective": payload.get("objective", "contrastive"), **theirs}
+        for key in ("objective", "model", "batch_size", "seed", "accum_steps", "resampled", "shuffle_buffer"):
             if key in theirs and theirs[key] != getattr(self.cfg, key):
                 raise TrainingError(f"--resume: the checkpoint was trained with {key}={theirs[key]!r}, "
                                     f"not {getattr(self.cfg, key)!r}")
@@ -581,6 +635,8 @@ class Run:
                    "train_config": asdict(self.cfg),
                    "data": {"epoch": epoch, "steps_in_epoch": in_epoch, "ranks": ranks, "skipped": dict(totals),
                             "epoch_counts": epoch_counts, "epochs": epochs}}
+        if self.cfg.objective != "contrastive":   # a contrastive checkpoint stays as it was (no key: contrastive)
+            payload["objective"] = self.cfg.objective
         save_checkpoint(self.out, step, payload, keep=self.cfg.keep)
 
     def _truncate_metrics(self, step: int):
@@ -629,6 +685,10 @@ class Run:
             self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                                           if isinstance(v, float)))
         return result
+
+
+def objective_label(objective: str) -> str:
+    return {"contrastive": "contrastive", "bow": "bag-of-words", "caption": "captioning"}[objective]
 
 
 class _EpochCounts:

@@ -5,6 +5,17 @@ prompts (one per template), normalised again; an image's prediction is the class
 cosine similarity. Metrics: top-1, top-5, mean per-class recall, and the confusion matrix.
 Retrieval: image->text and text->image recall@1/5/10 over paired image–text samples.
 Scoring: the cosine similarity of each pair (the CLIP-score filter of LAION and DataComp).
+
+Models trained with the predictive objectives (bag-of-words, caption) classify as the paper
+evaluated them: each class prompt is scored by the model's log-likelihood of the prompt's text
+given the image, and a class's score is the mean of its prompts' scores (the ensemble). Bag of
+words: sum over the prompt's tokens (start, end, padding left out) of count x log p(token |
+image), the log-probability of the multiset under the predicted multinomial. Captioning: the sum
+of log p(next token | image, tokens before) over the prompt's tokens and its end-of-text. Neither is
+length-normalised: the sum is the likelihood of the text, so the argmax is the most probable
+prompt, and the tokens the prompts of a template share add the same to every class; a per-token
+mean would instead reward a long class name for the easy tokens of the template around it.
+Retrieval and CLIP score need a contrastive model.
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ import torch.nn.functional as F
 
 from clipforge.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from clipforge.trainer.data import normalize_images
-from clipforge.trainer.model import CLIP, CLIPConfig, config_from_openai_state_dict, openai_state_dict
+from clipforge.trainer.loss import bag_of_words, caption_nll
+from clipforge.trainer.model import (CLIP, CLIPConfig, config_from_openai_state_dict, make_model, objective_of,
+                                     openai_state_dict, trim_padding)
 from clipforge.trainer.tokenizer import Tokenizer, read_merges
 from clipforge.errors import InputError
 
@@ -62,6 +75,7 @@ def load_model(checkpoint: str | Path, bpe: str | Path | None = None, device="cp
     """A clipforge checkpoint (tokenizer inside) or OpenAI-format weights with CLIP's BPE file."""
     path = resolve_checkpoint(checkpoint)
     ck = load_checkpoint(path)
+    objective = ck.get("objective", "contrastive")
     if "model_config" in ck:
         cfg = CLIPConfig.from_dict(ck["model_config"])
         merges = read_merges(bpe) if bpe else ck.get("bpe_merges")
@@ -76,7 +90,7 @@ def load_model(checkpoint: str | Path, bpe: str | Path | None = None, device="cp
     tokenizer = Tokenizer(merges, cfg.text.context_length)
     if tokenizer.vocab_size != cfg.text.vocab_size:
         raise InputError(f"{path}: the model has {cfg.text.vocab_size} token ids, the vocabulary {tokenizer.vocab_size}")
-    model = CLIP(cfg)
+    model = make_model(cfg, objective)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return model.to(device).eval(), tokenizer
 
@@ -103,6 +117,72 @@ def text_embeddings(model, tokenizer, texts: list[str], device="cpu", batch_size
     out = [F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1)
            for i in range(0, len(texts), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def prompts(tokenizer, classnames: list[str], templates=TEMPLATES, device="cpu") -> torch.Tensor:
+    """[classes x templates, context] token ids, class-major: row c * len(templates) + t is
+    template t filled with class c."""
+    return tokenizer([t.format(name) for name in classnames for t in templates]).to(device)
+
+
+@torch.no_grad()
+def bow_prompt_scores(model, images: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
+    """[n, prompts]: sum over each prompt's tokens of count x log p(token | image) under a
+    bag-of-words model (``images`` normalised); start, end and padding are not counted."""
+    log_p = model.word_log_probs(images).float()
+    counts = bag_of_words(prompt_tokens, log_p.shape[-1], normalize=False).to(log_p.dtype)
+    return log_p @ counts.T
+
+
+@torch.no_grad()
+def caption_prompt_scores(model, images: torch.Tensor, prompt_tokens: torch.Tensor,
+                          logits_per_pass: int = 2 ** 26) -> torch.Tensor:
+    """[n, prompts]: log p(prompt | image) of a captioning model, the sum of its next-token
+    log-probabilities over the prompt's tokens and its end-of-text (``images`` normalised). Runs
+    the language model over (image, prompt) rows, at most ``logits_per_pass`` logits at a time."""
+    prompt_tokens = trim_padding(prompt_tokens)
+    prefix = model.prefix(images)
+    n, p = prefix.shape[0], prompt_tokens.shape[0]
+    rows_per_pass = logits_per_pass // (prompt_tokens.shape[1] * model.config.text.vocab_size)
+    out = torch.empty(n, p, device=prefix.device)
+    per = max(1, rows_per_pass // p)      # images a pass: every prompt for each
+    for i in range(0, n, per):
+        chunk = prefix[i:i + per]
+        m = chunk.shape[0]
+        text = prompt_tokens.repeat(m, 1)
+        logits = model.next_token_logits(chunk.repeat_interleave(p, dim=0), text)
+        out[i:i + m] = -caption_nll(logits, text).view(m, p)
+    return out
+
+
+class ClassScorer:
+    """Zero-shot class scores of images for a model of any objective: ``scorer(uint8 images)``
+    gives [n, classes] logits. Contrastive: cosine similarity to each class's prompt-ensemble
+    embedding. Bag-of-words and caption: each class's mean over its prompts of log p(prompt | image)."""
+
+    def __init__(self, model, tokenizer, classnames, templates=TEMPLATES, device="cpu"):
+        self.model, self.device = model, device
+        self.objective = objective_of(model)
+        self.n_classes, self.n_templates = len(classnames), len(templates)
+        if self.objective == "contrastive":
+            self.classes = class_embeddings(model, tokenizer, classnames, templates, device).float()
+        else:
+            self.tokens = prompts(tokenizer, classnames, templates, device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.objective == "contrastive":
+            return image_embeddings(self.model, images, self.device) @ self.classes.T
+        x = normalize_images(images.to(self.device))
+        score = bow_prompt_scores if self.objective == "bow" else caption_prompt_scores
+        s = score(self.model, x, self.tokens).float()
+        return s.view(s.shape[0], self.n_classes, self.n_templates).mean(dim=2)
+
+
+def _contrastive_only(model, task):
+    if objective_of(model) != "contrastive":
+        raise InputError(f"{task} needs a contrastive model (image and text embeddings); this checkpoint was trained "
+                         f"with --objective {objective_of(model)}")
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -152,13 +232,13 @@ def zero_shot_classify(model, tokenizer, batches, classnames, templates=TEMPLATE
     """`batches` yields (uint8 images, int labels), or (images, labels, overlap flags) when
     ``overlapping`` is true; returns the metrics of classification_metrics, and then also, under
     "clean", the metrics of the images without a copy in the training data (CLIP's clean split)."""
-    classes = class_embeddings(model, tokenizer, classnames, templates, device)
+    scorer = ClassScorer(model, tokenizer, classnames, templates, device)
     logits, labels, flags = [], [], []
     for batch in batches:
         images, y = batch[0], batch[1]
         if overlapping:
             flags.append(torch.as_tensor(batch[2], dtype=torch.bool))
-        logits.append(image_embeddings(model, images, device) @ classes.T)
+        logits.append(scorer(images))
         labels.append(torch.as_tensor(y))
     if not logits:
         raise InputError("the evaluation set has no usable image")
@@ -217,6 +297,7 @@ def evaluate_wds(model, tokenizer, shards, classnames_file, templates=TEMPLATES,
 def evaluate_retrieval(model, tokenizer, shards, device="cpu", batch_size=256, workers=2) -> dict:
     from clipforge.trainer.evalsets import shard_samples
 
+    _contrastive_only(model, "retrieval")
     batches, skipped = shard_samples(shards, model.image_size, "text", batch_size, workers)
     images, texts = [], []
     for b in batches:
@@ -247,11 +328,11 @@ def evaluate_during_training(model, tokenizer, eval_data, device, rank: int = 0,
     counts = torch.zeros(3 + n * n, dtype=torch.float64)   # top-1 right, top-5 right, images, confusion matrix
     try:
         with torch.no_grad(), autocast():
-            classes = class_embeddings(model, tokenizer, names, TEMPLATES, device)
+            scorer = ClassScorer(model, tokenizer, names, TEMPLATES, device)
             for images, y, ok in (folder_batches(files, labels, model.image_size, 256, workers) if files else ()):
                 if not ok.any():
                     continue
-                logits = (image_embeddings(model, images[ok], device) @ classes.float().T).float().cpu()
+                logits = scorer(images[ok]).float().cpu()
                 y = y[ok].long()
                 top = logits.topk(min(5, n), dim=1).indices
                 counts[0] += float((top[:, 0] == y).sum())
@@ -279,6 +360,7 @@ def evaluate_during_training(model, tokenizer, eval_data, device, rank: int = 0,
 @torch.no_grad()
 def score_pairs(model, tokenizer, batches, device="cpu"):
     """(keys, captions, cosine similarities) of every pair the batches yield."""
+    _contrastive_only(model, "the CLIP score")
     keys, captions, scores = [], [], []
     for b in batches:
         img = image_embeddings(model, b["images"], device)
