@@ -171,7 +171,9 @@ def _x(v):
 
 def text(result) -> str:
     recs = {r["objective"]: r for r in result["records"]}
-    lines = [f"Command: `make bench ARGS=objectives`. Three `clipforge train` runs on the demo world's shards "
+    env = "" if (result["images"], result["points"]) == (IMAGES, POINTS) else \
+        f"CLIPFORGE_BENCH_OBJECTIVES_IMAGES={result['images']} CLIPFORGE_BENCH_OBJECTIVES_POINTS={result['points']} "
+    lines = [f"Command: `{env}make bench ARGS=objectives`. Three `clipforge train` runs on the demo world's shards "
              f"({result['shards']}), model `tiny` (the modified ResNet at 64 px; text tower or language model 4 "
              f"layers x 128), batch {BATCH}, lr {result['lr']:g}, weight decay {result['weight_decay']:g}, cosine "
              f"schedule over {result['images']:,} images each, seed 0; zero-shot top-1 on the held-out sets at the "
@@ -203,6 +205,10 @@ def text(result) -> str:
                      f"Images to reach it: {reach}. Contrastive over bag-of-words **{_x(r['contrastive_over_bow'])}** "
                      f"(paper ~4x), bag-of-words over the language model **{_x(r['bow_over_caption'])}** (paper ~3x), "
                      f"contrastive over the language model {_x(r['contrastive_over_caption'])} (paper ~12x).")
+    if result["images"] < IMAGES:
+        lines += ["", f"This measurement is a short one: {result['images']:,} images a run, not the default "
+                  f"{IMAGES:,}, because the machine's two cores were shared with other work when it ran; at this "
+                  f"length the curves are early and one seed, so read the ratios as rough."]
     lines += ["", "The paper's figures (Radford et al. 2021, Fig. 2): zero-shot ImageNet accuracy against images "
               "processed, contrastive ~4x more efficient than predicting a bag-of-words encoding, which is ~3x more "
               "efficient than a Transformer language model predicting the caption, at up to 400M images with a "
