@@ -2,7 +2,7 @@
 ``clipforge.schemas.pairs``).
 
 - crawl: web archives (WAT/WARC) and URL lists -> cleaned, language-identified,
-  query-matched, deduplicated and balanced pairs (``schemas.records.CURATED_PAIR``).
+  query-matched, deduplicated and balanced pairs (``--worldwide``: a list and a t per language) (``schemas.records.CURATED_PAIR``).
 - shard: pairs -> fetched, resized images packed as WebDataset tars
   (``schemas.records.SHARD_SAMPLE``, ``SHARD_INDEX``, ``sizes.json``).
 

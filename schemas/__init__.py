@@ -2,6 +2,8 @@
 
 - ``records``  pyarrow schemas: QUERY, CANDIDATE_PAIR, CURATED_PAIR, SHARD_SAMPLE, SHARD_INDEX
 - ``files``    the JSON files: MetaCLIP's ``metadata.json``, ``sizes.json``, ``*_stats.json``
+- ``languages`` one language code between stages (lid.176, dump names, pageview projects,
+  WN-LMF) and the scripts written without spaces
 - ``pairs``    what identifies a pair: ``uid`` (normalised URL + text), shared by crawl and shard
 - ``phash``    the shard index's perceptual hash and the multi-index Hamming search over it
 - ``tars``     the WebDataset tar writer (standard library; no torch import)
