@@ -154,8 +154,12 @@ def messy_list(world_dir, path, extra=()):
 
 
 def shard_cfg(items, out, **kw):
+    # The slow route answers after 1.5 s while two workers stream the huge and endless bodies from the
+    # same server: a 4 s read timeout and a 6 s deadline leave that case seconds of margin on a loaded
+    # machine (2 s left it half a second, and a busy CI run saw deadline_exceeded), while the trickle
+    # still needs minutes, far past the deadline.
     base = dict(inputs=items, out=str(out), samples_per_shard=40, allow_private=True,
-                image=ImageConfig(image_size=64), deadline=3, read_timeout=2, connect_timeout=2,
+                image=ImageConfig(image_size=64), deadline=6, read_timeout=4, connect_timeout=2,
                 max_bytes=2 << 20)
     base.update(kw)
     return ShardConfig(**base)
