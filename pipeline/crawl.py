@@ -52,7 +52,7 @@ from clipforge.beam import FinishWithStats
 from clipforge.pipeline import balance, captions, progress, readers, spill
 from clipforge.pipeline.langid import LanguageID
 from clipforge.pipeline.matching import WorldMatcher
-from clipforge.schemas.languages import metadata_lang
+from clipforge.schemas.languages import lid_language
 from clipforge.pipeline.textfilter import OK, REASONS, TextFilter
 from clipforge.schemas.records import CURATED_PAIR
 from clipforge.schemas.validate import validate_table
@@ -164,18 +164,17 @@ def _query_lists(path, run_id):
     return got
 
 
-def _meta_lang(label, cache={}):
-    lang = cache.get(label)
-    if lang is None:
-        lang = cache[label] = metadata_lang(label, "lid") or "und"
-    return lang
+def lang_counter(lang, step):
+    """The name of a per-language funnel counter: ``wl:<metadata language>:<step>`` (a language
+    code never holds a colon; crawl_stage.language_funnels reads them back)."""
+    return f"wl:{lang}:{step}"
 
 
 def _lang_counts(langs, key):
-    """{"wl_<metadata language>_<key>": pairs} of an Arrow column of lid.176 labels."""
+    """{lang_counter(metadata language, key): pairs} of an Arrow column of lid.176 labels."""
     out = {}
     for label, n in zip(*np.unique(langs.to_numpy(zero_copy_only=False).astype(str), return_counts=True)):
-        k = f"wl_{_meta_lang(label)}_{key}"
+        k = lang_counter(lid_language(label), key)
         out[k] = out.get(k, 0) + int(n)
     return out
 
@@ -283,8 +282,8 @@ class Match(beam.DoFn):
         for k, v in pages.items():
             counts[f"pages_{k}"] += v
         for (lang, code), v in (by_lang or {}).items():
-            counts[f"wl_{lang}_identified"] += v
-            counts[f"wl_{lang}_{REASONS[code] if code != OK else 'matched'}"] += v
+            counts[lang_counter(lang, "identified")] += v
+            counts[lang_counter(lang, REASONS[code] if code != OK else "matched")] += v
         progress.note(notes, f"m{index:06d}", {"read": counts["input"], "matched": matched, "fraction": 1.0, "done": True})
         yield dict(counts)
 
@@ -373,13 +372,13 @@ class WriteVector(beam.DoFn):
         if not self.worldwide:
             yield {}
             return
-        langs = np.array(_query_lists(self.lists, self.run_id)[1], dtype=object)
+        langs = _query_lists(self.lists, self.run_id)[1]
         thresholds, p = balance.language_thresholds(vector, langs, self.t_en)
         t = np.full(len(vector), float(self.t_en))
-        for lang, t_lang in thresholds.items():
-            t[langs == lang] = t_lang
+        for lang, ids in balance.language_groups(langs).items():
+            t[ids] = thresholds.get(lang, self.t_en)
         _save_npy(self.t_path, t)
-        out = {f"wl_{lang}_t": t_lang for lang, t_lang in thresholds.items()}
+        out = {lang_counter(lang, "t"): t_lang for lang, t_lang in thresholds.items()}
         if p is not None:
             out["tail_share_en_micro"] = int(round(p * 1e6))
         yield out

@@ -297,11 +297,9 @@ def language_funnels(c, cfg):
     matched, left after deduplication and kept, with its balancing t; most kept first."""
     out = {}
     for k, v in c.items():
-        if not k.startswith("wl_"):
-            continue
-        lang, step = k[3:].rsplit("_", 1) if not k.endswith(tuple(f"_{s}" for s in LANG_STEPS)) else \
-            next((k[3:-len(s) - 1], s) for s in LANG_STEPS if k.endswith(f"_{s}"))
-        out.setdefault(lang, {})[step] = v
+        if k.startswith("wl:"):   # crawl.lang_counter's names
+            _, lang, step = k.split(":")
+            out.setdefault(lang, {})[step] = v
     for lang, qs in cfg.lang_queries.items():
         out.setdefault(lang, {})["entries"] = len(set(qs))
     rows = {}

@@ -82,10 +82,6 @@ class WorldMatcher:
     concatenated in language order (``names``, ``langs_of_ids``)."""
 
     def __init__(self, lang_queries):
-        from clipforge.schemas.languages import metadata_lang
-
-        self._label = {}
-        self._metadata_lang = metadata_lang
         self.lists = {lang: sorted(set(qs)) for lang, qs in sorted(lang_queries.items()) if qs}
         self.offsets, n = {}, 0
         for lang, qs in self.lists.items():
@@ -95,12 +91,12 @@ class WorldMatcher:
         self.names = [q for qs in self.lists.values() for q in qs]
         self._matchers = {}
 
-    def lang_of_label(self, label):
-        """The metadata language of a lid.176 label (cached)."""
-        lang = self._label.get(label)
-        if lang is None:
-            lang = self._label[label] = self._metadata_lang(label, "lid") or "und"
-        return lang
+    @staticmethod
+    def lang_of_label(label):
+        """The metadata language of a lid.176 label."""
+        from clipforge.schemas.languages import lid_language
+
+        return lid_language(label)
 
     def langs_of_ids(self):
         """The language of every id, as a list."""

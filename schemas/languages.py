@@ -19,6 +19,7 @@ Dzongkha's script sharing Tibetan's). Matching cannot ask for a space beside a c
 those scripts (``needs_boundary``), and their bigrams are joined without a space.
 """
 
+import functools
 import re
 
 NO_SPACE = frozenset({"bo", "dz", "ja", "km", "lo", "my", "th", "zh"})
@@ -64,6 +65,13 @@ def metadata_lang(code, vocabulary="wiki"):
         raise ValueError(f"unknown language vocabulary {vocabulary!r}")
     code = _MERGED.get(code, code)
     return code if _CODE.match(code) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def lid_language(label):
+    """The metadata language of a lid.176 label, "und" for a label that names none (cached: it
+    runs for every identified link)."""
+    return metadata_lang(label, "lid") or "und"
 
 
 def is_no_space_char(ch):
