@@ -138,6 +138,14 @@ def wiki_dump(rng, sentences_per_article):
     return bz2.compress(out.getvalue().encode("utf-8"), 9), len(titles)
 
 
+def _gzip_lines(lines):
+    """Lines as a reproducible gzip file (no name, no time in the header)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return buf.getvalue()
+
+
 def pageviews(rng, hours=2):
     """Hourly pageview files as ``{filename: gzip bytes}``."""
     titles = [t.replace(" ", "_") for t in article_titles()]
@@ -155,10 +163,7 @@ def pageviews(rng, hours=2):
                 lines.append(f"en.m {t} {rng.randint(1, 50)} 0")
             if rng.random() < 0.2:
                 lines.append(f"de {t} {rng.randint(1, 50)} 0")
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
-            gz.write(("\n".join(lines) + "\n").encode("utf-8"))
-        files[f"pageviews-20260101-{h:02d}0000.gz"] = buf.getvalue()
+        files[f"pageviews-20260101-{h:02d}0000.gz"] = _gzip_lines(lines)
     return files
 
 
@@ -247,10 +252,7 @@ def pageviews_world(rng, hours=2):
                     lines.append(f"{lang}.d {t} {rng.randint(100, 900)} 0")  # Wiktionary: not a title
             lines.append(f"{lang} Spezial:Suche {rng.randint(100, 900)} 0")
         lines.append(f"commons.m File:Demo.svg {rng.randint(100, 900)} 0")
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
-            gz.write(("\n".join(lines) + "\n").encode("utf-8"))
-        files[f"pageviews-20260101-{h:02d}0000.gz"] = buf.getvalue()
+        files[f"pageviews-20260101-{h:02d}0000.gz"] = _gzip_lines(lines)
     return files
 
 
