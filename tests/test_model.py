@@ -87,6 +87,23 @@ def test_text_feature_is_read_at_end_of_text_and_ignores_later_tokens():
         assert torch.allclose(model.encode_text(a), model.encode_text(b), atol=1e-6)
 
 
+def test_text_features_do_not_depend_on_how_far_the_batch_is_trimmed():
+    """encode_text runs only up to the batch's last end-of-text (rounded up to 8): a caption's
+    feature is the same beside a short caption (4 columns run, 8 after rounding) as beside one
+    that fills the whole context (nothing trimmed)."""
+    torch.manual_seed(0)
+    model = CLIP(model_config("tiny").with_vocab(600)).eval()
+    short = torch.zeros(2, 32, dtype=torch.long)
+    short[:, 0], short[0, 1:3], short[0, 3] = 598, torch.tensor([10, 20]), 599
+    short[1, 1], short[1, 2] = 30, 599
+    full = short.clone()
+    full[1] = torch.cat([torch.tensor([598]), torch.randint(1, 598, (30,)), torch.tensor([599])])
+    both = model.encode_text(torch.stack([short[0], full[1]]))
+    alone = model.encode_text(short)
+    assert torch.allclose(both[0], alone[0], atol=1e-6)
+    assert not torch.allclose(both[1], alone[1], atol=1e-3)   # the long caption was read to its end
+
+
 def test_attention_equals_torch_multihead_attention():
     """OpenAI's blocks use nn.MultiheadAttention; ours takes its weights and gives its outputs."""
     torch.manual_seed(0)

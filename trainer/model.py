@@ -305,7 +305,19 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x)
 
 
-class CLIP(nn.Module):
+class _Sizes:
+    """The input sizes every objective's model reads from its config."""
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+
+class CLIP(_Sizes, nn.Module):
     objective = "contrastive"
 
     def __init__(self, cfg: CLIPConfig):
@@ -344,20 +356,16 @@ class CLIP(nn.Module):
         else:
             self.visual.transformer.grad_checkpointing = enabled
 
-    @property
-    def image_size(self) -> int:
-        return self.config.vision.image_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.text.context_length
-
     def encode_image(self, image, normalize: bool = False):
         x = self.visual(image)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, text, normalize: bool = False):
-        x = self.token_embedding(text) + self.positional_embedding.to(self.token_embedding.weight.dtype)
+        # Under causal attention nothing after a sequence's end-of-text reaches its feature, so the
+        # columns past the batch's last end-of-text are not run (captions fill a fraction of 77);
+        # the length is rounded up to a multiple of 8, which keeps torch.compile to a few shapes.
+        text = trim_padding(text, multiple=8)
+        x = self.token_embedding(text) + self.positional_embedding[:text.shape[1]].to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x))
         # The feature is read at the end-of-text token, the highest id in each sequence.
         x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
@@ -392,7 +400,7 @@ def _set_tower_checkpointing(visual: nn.Module, enabled: bool):
         visual.transformer.grad_checkpointing = enabled
 
 
-class BagOfWords(nn.Module):
+class BagOfWords(_Sizes, nn.Module):
     """The paper's bag-of-words predictor: CLIP's image tower, then one linear layer from the image
     embedding to a logit per token id of the vocabulary. Trained with the soft-target
     cross-entropy against the caption's normalised token counts (loss.bow_loss); no text tower.
@@ -412,14 +420,6 @@ class BagOfWords(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True):
         _set_tower_checkpointing(self.visual, enabled)
 
-    @property
-    def image_size(self) -> int:
-        return self.config.vision.image_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.text.context_length
-
     def word_logits(self, image):
         return self.head(self.visual(image))
 
@@ -432,7 +432,7 @@ class BagOfWords(nn.Module):
         return bow_loss(self.word_logits(image), text)
 
 
-class Captioner(nn.Module):
+class Captioner(_Sizes, nn.Module):
     """An image-conditioned Transformer language model over the caption (the paper's third
     objective): CLIP's image tower; its embedding, projected to the text width, is added at the
     start-of-text position, so it is the prefix every later token attends to; then a causal text
@@ -466,14 +466,6 @@ class Captioner(nn.Module):
         _set_tower_checkpointing(self.visual, enabled)
         self.transformer.grad_checkpointing = enabled
 
-    @property
-    def image_size(self) -> int:
-        return self.config.vision.image_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.text.context_length
-
     def prefix(self, image):
         """[b, width]: the image as the language model's prefix."""
         return self.image_prefix(self.visual(image))
@@ -493,10 +485,11 @@ class Captioner(nn.Module):
         return caption_nll(self.next_token_logits(self.prefix(image), text), text)
 
 
-def trim_padding(text: torch.Tensor) -> torch.Tensor:
-    """The columns up to the batch's last end-of-text: under causal attention the rest changes
-    no logit that is scored, so the language model need not run over it."""
-    return text[:, :int(text.argmax(dim=1).max()) + 1]
+def trim_padding(text: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """The columns up to the batch's last end-of-text (their count rounded up to ``multiple``):
+    under causal attention the rest changes no logit that is scored, so the model need not run over it."""
+    n = int(text.argmax(dim=1).max()) + 1
+    return text[:, :min(text.shape[1], -(-n // multiple) * multiple)]
 
 
 def make_model(cfg: CLIPConfig, objective: str = "contrastive") -> nn.Module:
