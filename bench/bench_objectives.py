@@ -81,7 +81,7 @@ def run_objective(objective, workdir: Path, shards, heldout, exclude, images, po
     out = workdir / objective
     cfg = TrainConfig(train_data=shards, out=str(out), model=DEMO_TRAIN["model"], objective=objective,
                       batch_size=BATCH, steps=steps, lr=DEMO_TRAIN["lr"], weight_decay=DEMO_TRAIN["weight_decay"],
-                      seed=seed, save_every=every, keep=steps // every + 2, log_every=50, tensorboard=False,
+                      augment=DEMO_TRAIN["augment"], seed=seed, save_every=every, keep=steps // every + 2, log_every=50, tensorboard=False,
                       exclude=exclude)
     t = time.time()
     stats = train(cfg)
@@ -175,7 +175,8 @@ def text(result) -> str:
         f"CLIPFORGE_BENCH_OBJECTIVES_IMAGES={result['images']} CLIPFORGE_BENCH_OBJECTIVES_POINTS={result['points']} "
     lines = [f"Command: `{env}make bench ARGS=objectives`. Three `clipforge train` runs on the demo world's shards "
              f"({result['shards']}), model `tiny` (the modified ResNet at 64 px; text tower or language model 4 "
-             f"layers x 128), batch {BATCH}, lr {result['lr']:g}, weight decay {result['weight_decay']:g}, cosine "
+             f"layers x 128), batch {BATCH}, lr {result['lr']:g}, weight decay {result['weight_decay']:g}, "
+             f"{'random resized crops' if result.get('augment', True) else 'centre crops'} (the demo's), cosine "
              f"schedule over {result['images']:,} images each, seed 0; zero-shot top-1 on the held-out sets at the "
              f"start and every {result['images'] // result['points']:,} images, with the same {len(result['templates'])} "
              f"prompts for every objective ({', '.join(repr(t) for t in result['templates'])}). bow and caption score "
@@ -235,7 +236,8 @@ def run(workdir, images=IMAGES, points=POINTS, templates=BENCH_TEMPLATES, object
     shards, heldout, exclude = inputs or demo_inputs()
     heldout = Path(heldout)
     result = {"images": images, "points": points, "batch": BATCH, "model": DEMO_TRAIN["model"],
-              "lr": DEMO_TRAIN["lr"], "weight_decay": DEMO_TRAIN["weight_decay"], "templates": list(templates),
+              "lr": DEMO_TRAIN["lr"], "weight_decay": DEMO_TRAIN["weight_decay"], "augment": DEMO_TRAIN["augment"],
+              "templates": list(templates),
               "shards": str(shards), "heldout": str(heldout), "exclude": exclude, "paper": PAPER, "records": [],
               "efficiency": {}}
     for objective in objectives:

@@ -209,7 +209,7 @@ def _add_train(sub):
     d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
     d.add_argument("--accum-steps", type=int, default=1,
                    help="split each step's batch into this many micro-batches, keeping all negatives (default: 1)")
-    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 16)")
+    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 24)")
     d.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     d.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-4; demo 1e-3)")
     d.add_argument("--wd", type=float, default=None, help="weight decay of matrices (default: 0.2; demo 0.1)")
@@ -224,7 +224,10 @@ def _add_train(sub):
                    help="draw shards with replacement; an epoch is --samples-per-epoch (default: sizes.json)")
     l.add_argument("--samples-per-epoch", type=int, default=None, help="samples per epoch (default: from sizes.json)")
     l.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in the shuffle buffer (default: 1000)")
-    l.add_argument("--no-augment", action="store_true", help="centre crops instead of random resized crops")
+    l.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random resized crops (90-100%% of the area, aspect 3/4 to 4/3); --no-augment: centre crops, "
+                        "as eval takes (default: on; demo off: its held-out drawings are centre-cropped, and its "
+                        "shapes learn faster without the squashing)")
     l.add_argument("--bpe", default=None, help="BPE merges file, e.g. CLIP's bpe_simple_vocab_16e6.txt.gz "
                                               "(default: learn one from the captions)")
     l.add_argument("--vocab-size", type=int, default=None, help="ids in a learned vocabulary (default: 49408)")

@@ -270,7 +270,7 @@ def train_config(a):
         model=model, objective=objective, batch_size=pick(a.batch_size, "batch_size"), accum_steps=a.accum_steps,
         epochs=pick(a.epochs, "epochs"), steps=a.steps, lr=pick(a.lr, "lr"), weight_decay=pick(a.wd, "weight_decay"),
         warmup=a.warmup, grad_clip=a.grad_clip, seed=a.seed, workers=a.workers, resampled=a.resampled,
-        samples_per_epoch=a.samples_per_epoch, shuffle_buffer=a.shuffle_buffer, augment=not a.no_augment,
+        samples_per_epoch=a.samples_per_epoch, shuffle_buffer=a.shuffle_buffer, augment=pick(a.augment, "augment"),
         precision=a.precision, grad_checkpointing=a.grad_checkpointing, compile=a.compile, quick_gelu=not a.gelu,
         resume=a.resume, init_from=a.init_from, bpe=a.bpe, vocab_size=a.vocab_size,
         save_every=pick(a.save_every, "save_every"), keep=a.keep, log_every=pick(a.log_every, "log_every"),
