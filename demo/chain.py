@@ -37,7 +37,7 @@ MODE_DEFAULTS = {
     "samples_per_shard": (10_000, DEMO_SAMPLES_PER_SHARD),
 }
 # train's, keyed by TrainConfig's field names. The demo's tiny run: about ten minutes on two CPU cores.
-# Its recipe was measured on the demo world (BENCHMARKS.md, section demo recipe): 24 epochs of
+# Its recipe was measured on the demo world (README, Training, "The demo's recipe"): 24 epochs of
 # centre crops reach 62.5% held-out shape top-1, against 48.7% for 16 epochs of random resized crops.
 TRAIN_DEFAULTS = {"model": "ViT-B-32", "batch_size": 256, "epochs": 1, "lr": 5e-4, "weight_decay": 0.2, "augment": True,
                   "save_every": 500, "log_every": 10}
