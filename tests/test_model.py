@@ -102,6 +102,7 @@ def test_text_features_do_not_depend_on_how_far_the_batch_is_trimmed():
     alone = model.encode_text(short)
     assert torch.allclose(both[0], alone[0], atol=1e-6)
     assert not torch.allclose(both[1], alone[1], atol=1e-3)   # the long caption was read to its end
+    assert model.encode_text(short[:0]).shape == (0, 128)        # an empty batch stays empty
 
 
 def test_attention_equals_torch_multihead_attention():

@@ -488,6 +488,8 @@ class Captioner(_Sizes, nn.Module):
 def trim_padding(text: torch.Tensor, multiple: int = 1) -> torch.Tensor:
     """The columns up to the batch's last end-of-text (their count rounded up to ``multiple``):
     under causal attention the rest changes no logit that is scored, so the model need not run over it."""
+    if text.shape[0] == 0:
+        return text
     n = int(text.argmax(dim=1).max()) + 1
     return text[:, :min(text.shape[1], -(-n // multiple) * multiple)]
 
