@@ -362,9 +362,12 @@ class CLIP(_Sizes, nn.Module):
 
     def encode_text(self, text, normalize: bool = False):
         # Under causal attention nothing after a sequence's end-of-text reaches its feature, so the
-        # columns past the batch's last end-of-text are not run (captions fill a fraction of 77);
-        # the length is rounded up to a multiple of 8, which keeps torch.compile to a few shapes.
-        text = trim_padding(text, multiple=8)
+        # columns past the batch's last end-of-text are not run (captions fill a fraction of 77),
+        # rounded up to a multiple of 8. The length depends on the data, so it is left whole where
+        # that cannot be read or would be frozen: meta tensors (FLOP counting), torch.jit.trace
+        # (an archive must take any caption) and torch.compile (no graph break, no sync per step).
+        if not (text.is_meta or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            text = trim_padding(text, multiple=8)
         x = self.token_embedding(text) + self.positional_embedding[:text.shape[1]].to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x))
         # The feature is read at the end-of-text token, the highest id in each sequence.
