@@ -209,7 +209,7 @@ def _add_train(sub):
     d.add_argument("--batch-size", type=int, default=None, help="samples per process per step (default: 256; demo 128)")
     d.add_argument("--accum-steps", type=int, default=1,
                    help="split each step's batch into this many micro-batches, keeping all negatives (default: 1)")
-    d.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 1; demo 24)")
+    d.add_argument("--epochs", type=int, default=None, help=f"passes over the data (default: 1; demo {chain.DEMO_TRAIN['epochs']})")
     d.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     d.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-4; demo 1e-3)")
     d.add_argument("--wd", type=float, default=None, help="weight decay of matrices (default: 0.2; demo 0.1)")
@@ -336,10 +336,10 @@ def _add_demo(sub):
                        formatter_class=_formatter, description=HELP['demo'])
     p.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
-    p.add_argument("--size", type=int, default=4000, help="distinct images in the world (default: %(default)s)")
+    p.add_argument("--size", type=int, default=chain.DEMO_WORLD_SIZE, help="distinct images in the world (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing finished stages")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs of the tiny model (default: 16; a finished run is reused unless --fresh)")
+                   help=f"training epochs of the tiny model (default: {chain.DEMO_TRAIN['epochs']}; a finished run is reused unless --fresh)")
     p.set_defaults(func=lambda a: chain.run_chain(a.world, a.seed, a.size, a.fresh, a.epochs), parser=p)
     acts = p.add_subparsers(title="actions", metavar="ACTION", parser_class=_Parser)
 
@@ -347,7 +347,7 @@ def _add_demo(sub):
                         description=HELP['demo generate'])
     g.add_argument("--out", type=Path, default=DEFAULT_WORLD, help="output directory (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    g.add_argument("--size", type=int, default=4000, help="number of distinct images (default: %(default)s)")
+    g.add_argument("--size", type=int, default=chain.DEMO_WORLD_SIZE, help="number of distinct images (default: %(default)s)")
     g.add_argument("--port", type=int, default=0,
                    help="loopback port every URL in the world points at; 0 picks a free one (default)")
     g.add_argument("--heldout-per-class", type=int, default=20,
