@@ -174,7 +174,7 @@ def text(result) -> str:
     env = "" if (result["images"], result["points"]) == (IMAGES, POINTS) else \
         f"CLIPFORGE_BENCH_OBJECTIVES_IMAGES={result['images']} CLIPFORGE_BENCH_OBJECTIVES_POINTS={result['points']} "
     lines = [f"Command: `{env}make bench ARGS=objectives`. Three `clipforge train` runs on the demo world's shards "
-             f"({result['shards']}), model `tiny` (the modified ResNet at 64 px; text tower or language model 4 "
+             f"({result['shards']}), model `tiny` (the modified ResNet at 64 px, width {result.get('width', 32)}; text tower or language model 4 "
              f"layers x 128), batch {BATCH}, lr {result['lr']:g}, weight decay {result['weight_decay']:g}, "
              f"{'random resized crops' if result.get('augment', True) else 'centre crops'} (the demo's), cosine "
              f"schedule over {result['images']:,} images each, seed 0; zero-shot top-1 on the held-out sets at the "
@@ -235,7 +235,10 @@ def run(workdir, images=IMAGES, points=POINTS, templates=BENCH_TEMPLATES, object
     workdir.mkdir(parents=True, exist_ok=True)
     shards, heldout, exclude = inputs or demo_inputs()
     heldout = Path(heldout)
+    from clipforge.trainer.model import model_config
+
     result = {"images": images, "points": points, "batch": BATCH, "model": DEMO_TRAIN["model"],
+              "width": model_config(DEMO_TRAIN["model"]).vision.width,
               "lr": DEMO_TRAIN["lr"], "weight_decay": DEMO_TRAIN["weight_decay"], "augment": DEMO_TRAIN["augment"],
               "templates": list(templates),
               "shards": str(shards), "heldout": str(heldout), "exclude": exclude, "paper": PAPER, "records": [],
