@@ -214,7 +214,7 @@ def text(result) -> str:
               "processed, contrastive ~4x more efficient than predicting a bag-of-words encoding, which is ~3x more "
               "efficient than a Transformer language model predicting the caption, at up to 400M images with a "
               "ResNet-50 image encoder and a 63M-parameter text Transformer. How far this is from that: the demo "
-              "world is ~3k synthetic drawings of 12 shapes in 10 colours, whose captions are short templated "
+              "world is ~8k synthetic drawings of 12 shapes in 10 colours, whose captions are short templated "
               "phrases naming exactly the shape and the colour (a handful of counts and styles around them), "
               "evaluated on a few hundred held-out images, not 1000 ImageNet classes over 50k photos; the run is "
               "tens of thousands of images, not hundreds of millions; and one seed with evaluation noise of a few "
