@@ -311,3 +311,14 @@ def test_the_objective_flag_reaches_the_config_and_demo_runs_go_beside_the_contr
     assert cfg("--objective", "caption", "--out", "r").out == "r"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--objective", "mlm"])
+
+
+def test_the_caption_model_runs_on_meta_tensors_as_a_flop_count_does():
+    # Trimming reads the batch's length, which meta tensors do not have: the caption model must run
+    # untrimmed there (as encode_text does), where it used to stop with "Tensor.item() cannot be called".
+    from clipforge.trainer.model import make_model, model_config
+
+    with torch.device("meta"):
+        model = make_model(model_config("tiny").with_vocab(600), "caption")
+        out = model(torch.empty(4, 3, 64, 64), torch.zeros(4, 32, dtype=torch.long))
+    assert out.is_meta and out.shape == (4,)

@@ -367,7 +367,7 @@ class CLIP(_Sizes, nn.Module):
         # rounded up to a multiple of 8. The length depends on the data, so it is left whole where
         # that cannot be read or would be frozen: meta tensors (FLOP counting), torch.jit.trace
         # (an archive must take any caption) and torch.compile (no graph break, no sync per step).
-        if not (text.is_meta or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        if may_trim(text):
             text = trim_padding(text, multiple=8)
         x = self.token_embedding(text) + self.positional_embedding[:text.shape[1]].to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x))
@@ -485,8 +485,16 @@ class Captioner(_Sizes, nn.Module):
     def forward(self, image, text):
         from clipforge.trainer.loss import caption_nll
 
-        text = trim_padding(text)
+        if may_trim(text):
+            text = trim_padding(text)
         return caption_nll(self.next_token_logits(self.prefix(image), text), text)
+
+
+def may_trim(text: torch.Tensor) -> bool:
+    """Whether a batch's length may be read to trim it: not on meta tensors (a FLOP count has no
+    values), not while tracing (an archive must take any caption) nor compiling (one graph, no
+    sync per step). Untrimmed, the scored outputs are the same."""
+    return not (text.is_meta or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def trim_padding(text: torch.Tensor, multiple: int = 1) -> torch.Tensor:
