@@ -37,7 +37,7 @@ BENCH_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.
 PAPER = {"contrastive_over_bow": 4.0, "bow_over_caption": 3.0}
 ABOUT = None
 
-IMAGES = int(os.environ.get("CLIPFORGE_BENCH_OBJECTIVES_IMAGES", 18432))   # 6 epochs of the demo shards
+IMAGES = int(os.environ.get("CLIPFORGE_BENCH_OBJECTIVES_IMAGES", 18432))   # 1.7 epochs of the demo shards (about 11,000 samples)
 POINTS = int(os.environ.get("CLIPFORGE_BENCH_OBJECTIVES_POINTS", 8))
 BATCH = 128
 
@@ -53,6 +53,14 @@ def demo_inputs():
     chain.ensure_shards("sizes.json")
     exclude = chain.DEMO_OVERLAP / "exclude.txt"
     return str(chain.DEMO_SHARDS), chain.DEFAULT_WORLD / "heldout", (str(exclude) if exclude.exists() else None)
+
+
+def shard_samples(shards) -> int | None:
+    """The samples in a shard directory, from the shard stage's sizes.json (None without one)."""
+    sizes = Path(shards) / "sizes.json"
+    if not sizes.is_file():
+        return None
+    return sum(json.loads(sizes.read_text()).values())
 
 
 def evaluate(model, tokenizer, heldout: Path, templates) -> dict:
@@ -169,6 +177,11 @@ def _x(v):
     return f"{v:.1f}x" if v else "n/a"
 
 
+def _drawings(result) -> str:
+    n = result.get("shard_samples")
+    return f"{n:,}" if n else "some thousands of"
+
+
 def text(result) -> str:
     recs = {r["objective"]: r for r in result["records"]}
     env = "" if (result["images"], result["points"]) == (IMAGES, POINTS) else \
@@ -213,8 +226,8 @@ def text(result) -> str:
     lines += ["", "The paper's figures (Radford et al. 2021, Fig. 2): zero-shot ImageNet accuracy against images "
               "processed, contrastive ~4x more efficient than predicting a bag-of-words encoding, which is ~3x more "
               "efficient than a Transformer language model predicting the caption, at up to 400M images with a "
-              "ResNet-50 image encoder and a 63M-parameter text Transformer. How far this is from that: the demo "
-              "world is ~8k synthetic drawings of 12 shapes in 10 colours, whose captions are short templated "
+              "ResNet-50 image encoder and a 63M-parameter text Transformer. How far this is from that: the "
+              f"shards hold {_drawings(result)} synthetic drawings of 12 shapes in 10 colours, whose captions are short templated "
               "phrases naming exactly the shape and the colour (a handful of counts and styles around them), "
               "evaluated on a few hundred held-out images, not 1000 ImageNet classes over 50k photos; the run is "
               "tens of thousands of images, not hundreds of millions; and one seed with evaluation noise of a few "
@@ -241,7 +254,8 @@ def run(workdir, images=IMAGES, points=POINTS, templates=BENCH_TEMPLATES, object
               "width": model_config(DEMO_TRAIN["model"]).vision.width,
               "lr": DEMO_TRAIN["lr"], "weight_decay": DEMO_TRAIN["weight_decay"], "augment": DEMO_TRAIN["augment"],
               "templates": list(templates),
-              "shards": str(shards), "heldout": str(heldout), "exclude": exclude, "paper": PAPER, "records": [],
+              "shards": str(shards), "shard_samples": shard_samples(shards), "heldout": str(heldout),
+              "exclude": exclude, "paper": PAPER, "records": [],
               "efficiency": {}}
     for objective in objectives:
         log(f"objectives: {objective}, {images:,} images")

@@ -49,7 +49,7 @@ GENERATOR_VERSION = 3  # 2: the planted overlap; 3: Japanese alts, and worldwide
 class WorldConfig:
     out: Path
     seed: int = 0
-    size: int = 4000  # distinct images on the web
+    size: int = 16000  # distinct images on the web (the demo's, chain.DEMO_WORLD_SIZE)
     port: int = 0  # 0: pick a free loopback port now and record it
     heldout_per_class: int = 20
     planted_per_class: int = 1  # held-out images per class also published on the web, altered

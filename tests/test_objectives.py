@@ -295,6 +295,8 @@ def test_the_benchmark_runs_end_to_end_at_toy_size(shards, tmp_path):
         assert [p["images"] for p in r["curve"]] == [0, 128, 256] and "colour" not in r["curve"][0]
     assert json.loads((tmp_path / "o.json").read_text())["efficiency"]["shape"]["slowest"] in b.OBJECTIVES
     assert (tmp_path / "o.png").stat().st_size > 0 and "objectives.png" in b.text(result)
+    # the honest word counts the shards' samples (4 x 96 here) from their sizes.json
+    assert result["shard_samples"] == 384 and "the shards hold 384 synthetic drawings" in b.text(result)
 
 
 def test_the_objective_flag_reaches_the_config_and_demo_runs_go_beside_the_contrastive_one():

@@ -81,7 +81,7 @@ CONFIGS = {
     "ViT-B-32": CLIPConfig(512, VisionConfig(224, 12, 768, 32)),
     "ViT-B-16": CLIPConfig(512, VisionConfig(224, 12, 768, 16)),
     "ViT-L-14": CLIPConfig(768, VisionConfig(224, 24, 1024, 14), TextConfig(77, 49408, 768, 12, 12)),
-    # tiny: the modified ResNet at 64 px, one block per stage, width 16 (it learns shapes from ~8k
+    # tiny: the modified ResNet at 64 px, one block per stage, width 16 (it learns shapes from ~11k
     # demo images far sooner than a ViT of the same cost; width 32 steps 2x slower and reaches no
     # more per step); tiny-vit: the ViT counterpart.
     "tiny": CLIPConfig(128, VisionConfig(64, (1, 1, 1, 1), 16), TextConfig(32, 49408, 128, 2, 4)),
