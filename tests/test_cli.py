@@ -193,7 +193,7 @@ def test_given_sizes_and_caps_are_kept_in_demo_mode():
 
 
 def test_help_shows_the_regular_and_the_demo_defaults():
-    for command, texts in (("queries", ["(default: 30.0; demo 3.0)"]), ("crawl", ["(default: 20,000; demo 200)"]),
+    for command, texts in (("queries", ["(default: 30.0; demo 3.0)"]), ("crawl", ["(default: 20,000; demo 400)"]),
                            ("shard", ["(default: 256; demo 64)", "(default: 10,000; demo 1,000)"])):
         help_text = " ".join(run(command, "--help").stdout.split())
         for text in texts:
