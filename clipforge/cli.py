@@ -168,7 +168,7 @@ def _add_shard(sub):
                         "were within 8, resized and re-encoded copies within 4); without it only exact duplicates "
                         "are dropped")
     f.add_argument("--timeout", type=float, default=10.0, help="connect and read timeout, seconds (default: 10)")
-    f.add_argument("--deadline", type=float, default=20.0, help="overall time per image, seconds (default: 20)")
+    f.add_argument("--deadline", type=float, default=20.0, help="overall time per image from its first transfer, seconds (default: 20)")
     f.add_argument("--max-bytes", type=int, default=20 << 20, help="byte cap per image (default: 20 MiB)")
     f.add_argument("--retries", type=int, default=2, help="retries of transient failures (default: 2)")
     f.add_argument("--user-agent", default=None, help="User-Agent header (default: clipforge's, with a URL)")

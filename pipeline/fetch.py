@@ -267,8 +267,6 @@ class _Run:
 
     def _begin_hop(self, job):
         f = self.f
-        if job.start is None:
-            job.start = time.monotonic()
         try:
             job.sent_url, _, host, port = split_url(job.current)
         except (ValueError, UnicodeError):
@@ -276,6 +274,10 @@ class _Run:
         if self.host_busy[host] >= f.per_host:
             self.host_wait[host].append(job)
             return
+        # The deadline is the image's own time, from when its first transfer gets a slot: waiting
+        # behind the per-host limit (other images of a slow host) does not count against it.
+        if job.start is None:
+            job.start = time.monotonic()
         job.host, job.port = host, port
         self.host_busy[host] += 1
         self.busy += 1

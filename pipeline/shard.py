@@ -163,7 +163,8 @@ class FetchShard(beam.DoFn):
                                max_bytes=c.max_bytes, max_redirects=c.max_redirects, retries=c.retries,
                                per_host=c.per_host, user_agent=c.user_agent, allow_private=c.allow_private,
                                respect_noai=c.respect_noai, resolver=self.resolver)
-        self.pool = ThreadPoolExecutor(max_workers=image_threads(c), thread_name_prefix="image")
+        self.image_threads = image_threads(c)
+        self.pool = ThreadPoolExecutor(max_workers=self.image_threads, thread_name_prefix="image")
 
     def teardown(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -179,7 +180,7 @@ class FetchShard(beam.DoFn):
         transfers at once); the image threads decode, check, resize and encode as bodies arrive.
         Held at once: the transfers, at most 2 x image threads bodies waiting for a thread, and
         the encoded images that finished before an earlier pair."""
-        waiting = threading.BoundedSemaphore(2 * self.pool._max_workers)
+        waiting = threading.BoundedSemaphore(2 * self.image_threads)
         results, next_pos = {}, 0
 
         def release(_):

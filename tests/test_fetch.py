@@ -103,6 +103,18 @@ def test_retries_wait_without_holding_a_transfer(counting_server):
     assert busy.reason == "http_503" and busy.retries == 2
 
 
+def test_time_queued_behind_the_per_host_limit_is_not_counted_against_the_deadline(counting_server):
+    """One transfer at a time to the host, 40 images of 50 ms each: the last starts about 2 s after
+    the first. The deadline (1 s) is each image's own time, from when its transfer starts, so a
+    host with many images does not turn the later ones into deadline_exceeded."""
+    port = counting_server.server_address[1]
+    urls = [(i, f"http://127.0.0.1:{port}/img/{i}") for i in range(40)]
+    got = dict(Fetcher(allow_private=True, per_host=1, deadline=1.0).fetch_many(urls, in_flight=40))
+    assert sorted(got) == list(range(40))
+    assert {i: r.reason for i, r in got.items() if r.reason} == {}
+    assert counting_server.peak == {"127.0.0.1": 1}
+
+
 Addr = namedtuple("Addr", "family socktype protocol addr")
 
 
