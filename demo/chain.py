@@ -27,10 +27,11 @@ DEMO_WORLD_SIZE = 16000
 
 # Bigram PMI in the demo corpus peaks near 9 (log2), so CLIP's threshold of 30 would keep none.
 DEMO_MIN_PMI = 3.0
-# The demo web is small: a cap of 400 pairs per query balances its head queries (the stop words and
-# the colours; about 1,900 of 13,300 matched links) and keeps most shape pairs. At 200 it balanced
-# out 5,000 links and the tiny model learned shapes from 8,100 samples instead of 11,000 (78% held-out
-# shape top-1 against 82% at the same steps; README, "The demo's recipe").
+# The demo web is small: a cap of 400 pairs per query still balances its head queries (the stop
+# words, the colours and the shapes) but drops only about 1,900 of the 13,300 matched links, since a
+# link goes only when each query it names passes it over. At 200 it dropped 5,000, and the tiny model
+# learned shapes from 8,100 samples instead of 11,000 (78% held-out shape top-1 against 80-82% at
+# the same steps; README, "The demo's recipe").
 DEMO_MAX_PER_QUERY = 400
 DEMO_IMAGE_SIZE = 64
 DEMO_SAMPLES_PER_SHARD = 1000
@@ -42,10 +43,10 @@ MODE_DEFAULTS = {
     "image_size": (256, DEMO_IMAGE_SIZE),
     "samples_per_shard": (10_000, DEMO_SAMPLES_PER_SHARD),
 }
-# train's, keyed by TrainConfig's field names. The demo's tiny run: about ten minutes on two CPU cores.
+# train's, keyed by TrainConfig's field names. The demo's tiny run: seven to ten minutes on two CPU cores.
 # Its recipe was measured on the demo world (README, Training, "The demo's recipe"): width 16 and 12
-# epochs (about 1,000 steps) of centre crops on the 16,000-image web's 11,000 samples reach 82%
-# held-out shape top-1.
+# epochs (about 1,000 steps) of centre crops on the 16,000-image web's 11,000 samples reach 80-82%
+# held-out shape top-1 (three runs).
 TRAIN_DEFAULTS = {"model": "ViT-B-32", "batch_size": 256, "epochs": 1, "lr": 5e-4, "weight_decay": 0.2, "augment": True,
                   "save_every": 500, "log_every": 10}
 DEMO_TRAIN = {"model": "tiny", "batch_size": 128, "epochs": 12, "lr": 1e-3, "weight_decay": 0.1, "augment": False,
