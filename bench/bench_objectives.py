@@ -57,10 +57,10 @@ def demo_inputs():
 
 def shard_samples(shards) -> int | None:
     """The samples in a shard directory, from the shard stage's sizes.json (None without one)."""
+    from clipforge.schemas.files import read_sizes
+
     sizes = Path(shards) / "sizes.json"
-    if not sizes.is_file():
-        return None
-    return sum(json.loads(sizes.read_text()).values())
+    return sum(read_sizes(sizes).values()) if sizes.is_file() else None
 
 
 def evaluate(model, tokenizer, heldout: Path, templates) -> dict:
